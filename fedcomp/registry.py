@@ -8,9 +8,9 @@ unknown name into a one-line error that lists the known ones.
 from collections.abc import Mapping
 from typing import Any
 
+from fedcomp.errors import ConfigError
 
-class ConfigError(ValueError):
-  """Bad user input, reported in one line before anything expensive starts."""
+__all__ = ['ConfigError', 'check_kwargs', 'lookup']
 
 
 def lookup(registry: Mapping[str, Any], name: str, key: str) -> Any:

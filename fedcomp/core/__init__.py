@@ -1,0 +1,14 @@
+"""The federated round engine: algorithm interface, client table, mesh, rounds."""
+
+from fedcomp.core.algorithm import ClientOutput, FederatedAlgorithm
+from fedcomp.core.engine import RoundEngine, local_batches
+from fedcomp.core.losses import classification_loss, evaluate_fn
+
+__all__ = [
+  'ClientOutput',
+  'FederatedAlgorithm',
+  'RoundEngine',
+  'classification_loss',
+  'evaluate_fn',
+  'local_batches',
+]

@@ -1,0 +1,89 @@
+"""The FedJAX/TFF EMNIST CNN: conv32-conv64 (3x3 VALID), max-pool, dropout, dense128, dropout."""
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from fedcomp.errors import ConfigError
+
+
+class Model(nnx.Module):
+  """Convs (3x3 VALID, ReLU) -> 2x2 max-pool -> dropout -> dense+ReLU -> dropout -> logits.
+
+  Parameters live under `conv0`, `conv1`, ..., `dense0` (hidden) and `dense1` (logits).
+  Subclasses change the kernel initialiser through `KERNEL_INIT`.
+  """
+
+  KERNEL_INIT = staticmethod(nnx.initializers.lecun_normal())
+
+  def __init__(
+    self,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    rngs: nnx.Rngs,
+    features: Sequence[int] = (32, 64),
+    dense: int = 128,
+    dropout: Sequence[float] = (0.25, 0.5),
+  ):
+    """Creates the layers.
+
+    Args:
+      input_shape: (H, W, C) of one example.
+      num_classes: number of logits.
+      rngs: initialisation RNGs.
+      features: output channels of the 3x3 VALID conv layers (config.model.features).
+      dense: width of the hidden dense layer (config.model.dense).
+      dropout: rates after the pool and after the hidden dense layer (config.model.dropout).
+    """
+    features = tuple(int(f) for f in features)
+    dropout = tuple(float(r) for r in dropout)
+    if not features or min(features) <= 0:
+      raise ConfigError(f'config.model.features must be positive integers, got {features}')
+    if int(dense) != dense or dense <= 0:
+      raise ConfigError(f'config.model.dense must be a positive integer, got {dense}')
+    if len(dropout) != 2 or not all(0.0 <= r < 1.0 for r in dropout):
+      raise ConfigError(f'config.model.dropout must be two rates in [0, 1), got {dropout}')
+    if len(input_shape) != 3:
+      raise ConfigError(f'model cnn needs (H, W, C) examples, got input shape {input_shape}')
+    h, w, c = input_shape
+    h, w = h - 2 * len(features), w - 2 * len(features)
+    if h < 2 or w < 2:
+      raise ConfigError(
+        f'config.model.features: {len(features)} 3x3 convs + 2x2 pool do not fit input '
+        f'shape {tuple(input_shape)}'
+      )
+    kw = dict(kernel_init=self.KERNEL_INIT, rngs=rngs)
+    self.num_convs = len(features)
+    for i, f in enumerate(features):
+      setattr(self, f'conv{i}', nnx.Conv(c, f, (3, 3), padding='VALID', **kw))
+      c = f
+    self.dense0 = nnx.Linear((h // 2) * (w // 2) * c, int(dense), **kw)
+    self.dense1 = nnx.Linear(int(dense), num_classes, **kw)
+    self.drop0 = nnx.Dropout(dropout[0])
+    self.drop1 = nnx.Dropout(dropout[1])
+
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
+    """Returns logits (B, num_classes).
+
+    Args:
+      x: batch (B, H, W, C) float32.
+      train: apply dropout (needs rngs).
+      rngs: dropout randomness: a jax key (split per dropout layer) or nnx.Rngs.
+
+    Returns:
+      Logits (B, num_classes).
+    """
+    r0 = r1 = rngs
+    if train and isinstance(rngs, jax.Array):
+      r0, r1 = jax.random.split(rngs)
+    h = x
+    for i in range(self.num_convs):
+      h = jax.nn.relu(getattr(self, f'conv{i}')(h))
+    h = nnx.max_pool(h, (2, 2), strides=(2, 2))
+    h = self.drop0(h, deterministic=not train, rngs=r0)
+    h = h.reshape(h.shape[0], -1)
+    h = jax.nn.relu(self.dense0(h))
+    h = self.drop1(h, deterministic=not train, rngs=r1)
+    return self.dense1(h)

@@ -1,0 +1,1 @@
+"""Run utilities: metric writing, progress lines, process stats, checkpoints."""

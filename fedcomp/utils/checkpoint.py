@@ -1,0 +1,62 @@
+"""Orbax checkpoints of a run's state, keyed by round, for crash-safe resume.
+
+Saves are synchronous: the round engine donates the state's buffers to the
+next round, so a save must have copied them before the next round starts, and
+a `kill -9` right after `save` returns leaves a complete checkpoint. Orbax
+writes into a temporary directory and renames it when complete; partial
+temporary directories left by a killed run are removed when the manager opens.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores {state pytree, JSON metadata} by round.
+
+  Args:
+    directory: where checkpoints live (made absolute).
+    max_to_keep: how many recent checkpoints to keep.
+  """
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+      ),
+    )
+
+  def latest_round(self) -> int | None:
+    """The newest saved round, or None."""
+    return self._manager.latest_step()
+
+  def save(self, round_: int, state: Any, meta: dict) -> None:
+    """Writes `state` (a pytree of arrays) and `meta` (JSON) for `round_`."""
+    self._manager.save(
+      round_,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    self._manager.wait_until_finished()
+
+  def restore(self, round_: int, like: Any) -> tuple[Any, dict]:
+    """Reads the checkpoint of `round_` into the structure and shardings of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    out = self._manager.restore(
+      round_,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
+    return out.state, dict(out.meta)
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,72 @@
+r"""Runs any fedcomp experiment from an ml-collections config.
+
+  python -m launch.main --config=configs/fedavg.py --workdir=/tmp/run1 \
+      [--config.key=value ...]
+
+The config names the experiment (`config.experiment`); the workdir receives
+everything the run writes, and a run started again on the same workdir resumes
+from its last checkpoint. Bad input ends the program with a one-line message
+(exit status 2) before anything is compiled.
+"""
+
+import logging as py_logging
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fedcomp.errors import ConfigError, TrainingDivergedError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO records of libraries that narrate every checkpoint write."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(f'/{lib}/' in record.pathname for lib in _QUIET)
+
+
+_QUIET = ('orbax', 'tensorstore', 'etils')
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  # Multi-host: every host runs this same program; jax.distributed connects
+  # them when the cluster environment (e.g. TPU pod, SLURM) is detected.
+  if jax.process_count() == 1 and _is_multi_host_env():
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  logging.info(
+    'fedcomp: %d process(es), %d local / %d global devices (%s)',
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
+  logging.info('config:\n%s', config)
+  from fedcomp.experiments import get_run  # after flags: keeps --help fast
+
+  try:
+    get_run(config.experiment)(config, _WORKDIR.value)
+  except ConfigError as e:
+    print(f'fedcomp: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  except TrainingDivergedError as e:
+    print(f'fedcomp: error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def _is_multi_host_env() -> bool:
+  import os
+
+  return any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES'))
+
+
+if __name__ == '__main__':
+  app.run(main)

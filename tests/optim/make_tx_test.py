@@ -1,0 +1,34 @@
+"""Optimizers by name."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedcomp.optim import OPTIMIZERS, make_tx
+from fedcomp.registry import ConfigError
+
+
+@pytest.mark.parametrize('name', sorted(OPTIMIZERS))
+def test_every_optimizer_builds_and_steps(name):
+  tx = make_tx(name, {'learning_rate': 0.1, 'b1': None}, 'client_tx')
+  params = {'w': jnp.ones(3)}
+  updates, _ = tx.update({'w': jnp.ones(3)}, tx.init(params), params)
+  assert np.all(np.asarray(updates['w']) < 0)  # a descent direction for a positive gradient
+
+
+def test_momentum_is_sgd_with_momentum():
+  tx = make_tx('momentum', {'learning_rate': 1.0, 'momentum': 0.5}, 'server_tx')
+  params = {'w': jnp.zeros(1)}
+  state = tx.init(params)
+  u1, state = tx.update({'w': jnp.ones(1)}, state, params)
+  u2, state = tx.update({'w': jnp.ones(1)}, state, params)
+  np.testing.assert_allclose([u1['w'][0], u2['w'][0]], [-1.0, -1.5])
+
+
+def test_errors_name_the_key():
+  with pytest.raises(ConfigError, match=r"config.server_tx_name='adamm' is unknown; known: .*adam"):
+    make_tx('adamm', {'learning_rate': 1.0}, 'server_tx')
+  with pytest.raises(ConfigError, match=r'config.client_tx.learning_rate=-0.1 must be'):
+    make_tx('sgd', {'learning_rate': -0.1}, 'client_tx')
+  with pytest.raises(ConfigError, match=r'config.client_tx.b1 is set but optimizer .sgd.'):
+    make_tx('sgd', {'learning_rate': 0.1, 'b1': 0.9}, 'client_tx')
