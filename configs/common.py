@@ -102,6 +102,6 @@ def federated_config() -> ml_collections.ConfigDict:
 def runlocal(c: ml_collections.ConfigDict, rounds: int = 2) -> ml_collections.ConfigDict:
   """Shrinks a config to a seconds-long smoke run."""
   c.total_rounds = rounds
-  c.eval_every_rounds = 1
+  c.eval_every_rounds = rounds  # the final round is always evaluated
   c.ckpt_every_rounds = 1
   return c

@@ -48,7 +48,7 @@ class Progress:
 
     Args:
       round: the round just finished (1-based).
-      metrics: may hold 'train/loss', 'eval/accuracy' or 'train/accuracy',
+      metrics: may hold 'train/loss', 'train/accuracy', 'eval/accuracy',
         'perf/examples_per_sec'; missing ones are left out.
 
     Returns:
@@ -61,9 +61,9 @@ class Progress:
     parts = [f'round {round:>{width}}/{self.total_rounds}']
     if 'train/loss' in metrics:
       parts.append(f'loss {float(metrics["train/loss"]):.4f}')
-    acc = metrics.get('eval/accuracy', metrics.get('train/accuracy'))
-    if acc is not None:
-      parts.append(f'acc {float(acc):.4f}')
+    for key, label in (('train/accuracy', 'train_acc'), ('eval/accuracy', 'eval_acc')):
+      if key in metrics:
+        parts.append(f'{label} {float(metrics[key]):.4f}')
     if 'perf/examples_per_sec' in metrics:
       parts.append(f'{float(metrics["perf/examples_per_sec"]):,.0f} ex/s')
     parts.append(f'ETA {datetime.timedelta(seconds=_whole_seconds(eta))}')

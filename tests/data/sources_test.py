@@ -140,21 +140,6 @@ def test_synthetic_sizes_capped():
     SOURCES['synthetic'](seed=0, max_total=100)
 
 
-@pytest.fixture
-def mock_tfds(monkeypatch):
-  """tfds.testing.mock_data, with the mock's __getitems__ fixed (TFDS 4.9.10 passes the keys
-  as `self`)."""
-  tfds = pytest.importorskip('tensorflow_datasets')
-  from tensorflow_datasets.testing import mocking
-
-  def getitems(record_keys, generator, serialized=False):
-    assert not serialized
-    return [generator[k] for k in record_keys]
-
-  monkeypatch.setattr(mocking, '_getitems', getitems)
-  return tfds
-
-
 @pytest.mark.parametrize(
   'name,shape,classes',
   [

@@ -25,8 +25,10 @@ def test_line_format_and_eta_excludes_first_round():
     'eval/accuracy': 0.87106,
     'perf/examples_per_sec': 12345.4,
   }
-  assert p.line(10, metrics) == 'round  10/100  loss 0.5312  acc 0.8711  12,345 ex/s  ETA 0:00:45'
-  assert 'acc 0.1000' in p.line(10, {'train/accuracy': 0.1})
+  assert p.line(10, metrics) == (
+    'round  10/100  loss 0.5312  train_acc 0.1000  eval_acc 0.8711  12,345 ex/s  ETA 0:00:45'
+  )
+  assert 'train_acc 0.1000' in p.line(10, {'train/accuracy': 0.1})
 
 
 def test_resume_start_round():
