@@ -22,9 +22,7 @@ def test_every_config_file_is_covered():
   assert names - {'__init__', 'common'} == set(CONFIG_ARGS)
 
 
-@pytest.mark.parametrize(
-  ('name', 'arg'), [(n, a) for n, args in CONFIG_ARGS.items() for a in args]
-)
+@pytest.mark.parametrize(('name', 'arg'), [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
 def test_runlocal_runs_two_rounds(name, arg, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
   if config.data_name == 'idx' and not os.path.exists(config.data.path):

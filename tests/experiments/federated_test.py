@@ -97,16 +97,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 BAD_INPUTS = [
-  ({'data_name': 'cifar'}, r"config.data_name='cifar' is unknown; known: digits, idx, synthetic, tfds"),
+  (
+    {'data_name': 'cifar'},
+    r"config.data_name='cifar' is unknown; known: digits, idx, synthetic, tfds",
+  ),
   ({'partition_name': 'x'}, r"config.partition_name='x' is unknown; known: dirichlet, "),
   ({'model_name': 'vit'}, r"config.model_name='vit' is unknown; known: cnn, mlp, simple_cnn"),
-  ({'algorithm_name': 'fedx'}, r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_prox"),
+  (
+    {'algorithm_name': 'fedx'},
+    r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_prox",
+  ),
   ({'client_tx_name': 'sgdd'}, r"config.client_tx_name='sgdd' is unknown; known: "),
   ({'server_tx_name': 'adamm'}, r"config.server_tx_name='adamm' is unknown; known: "),
   ({'cohort_size': 9}, r'config.cohort_size=9 exceeds config.partition.num_clients=8'),
   ({'total_rounds': 0}, r'config.total_rounds=0 must be a positive integer'),
   ({'batch_size': -1}, r'config.batch_size=-1 must be a positive integer'),
-  ({'client_tx.learning_rate': -0.1}, r'config.client_tx.learning_rate=-0.1 must be a non-negative number'),
+  (
+    {'client_tx.learning_rate': -0.1},
+    r'config.client_tx.learning_rate=-0.1 must be a non-negative number',
+  ),
   ({'data_name': 'idx', 'data.path': '/no/such/dir'}, r"config.data.path='/no/such/dir' does not"),
   ({'partition.num_clients': 5000, 'cohort_size': 4}, r'config.partition.* no examples'),
   ({'data.path': '/tmp'}, r"config.data.path is set but data source 'digits' does not take it"),
@@ -130,3 +139,17 @@ def test_sample_cohort_depends_only_on_seed_and_round():
   np.testing.assert_array_equal(a, federated.sample_cohort(0, 3, 100, 10))
   assert len(set(a)) == 10 and list(a) == sorted(a)
   assert not np.array_equal(a, federated.sample_cohort(0, 4, 100, 10))
+
+
+def test_eight_devices_match_one(tmp_path):
+  import jax
+
+  assert jax.device_count() == 8  # tests/conftest.py
+  federated.run(small_config(num_devices=1), str(tmp_path / 'one'))
+  federated.run(small_config(num_devices=8), str(tmp_path / 'eight'))
+  for a, b in zip(
+    read_metrics(str(tmp_path / 'one')), read_metrics(str(tmp_path / 'eight')), strict=True
+  ):
+    assert a.keys() == b.keys()
+    for key in a:
+      assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key

@@ -35,8 +35,11 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
   with open(path) as f:
     source = f.read()
   assert f'--config=configs/{name}' in source, 'docstring must hold the exact command'
-  config = parse(f'--config={path}:runlocal' if 'fmnist' not in name else
-                 f'--config={path}:partition=iid,runlocal')
+  config = parse(
+    f'--config={path}:runlocal'
+    if 'fmnist' not in name
+    else f'--config={path}:partition=iid,runlocal'
+  )
   assert config.total_rounds <= 3
 
 
@@ -63,8 +66,16 @@ def test_overrides_across_choices(name, overrides):
 
 
 def launch(workdir, *extra, wait=True):
-  cmd = [sys.executable, '-m', 'launch.main', f'--config={ROOT}/configs/fedavg.py',
-         f'--workdir={workdir}', '--config.model_name=mlp', '--config.model.hidden=(32,)', *extra]
+  cmd = [
+    sys.executable,
+    '-m',
+    'launch.main',
+    f'--config={ROOT}/configs/fedavg.py',
+    f'--workdir={workdir}',
+    '--config.model_name=mlp',
+    '--config.model.hidden=(32,)',
+    *extra,
+  ]
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -74,13 +85,15 @@ def test_bad_input_exits_with_one_line(tmp_path):
   out = launch(tmp_path, '--config.cohort_size=50')
   assert out.returncode == 2
   errors = [line for line in out.stderr.splitlines() if line.startswith('fedcomp: error:')]
-  assert errors == [
-    'fedcomp: error: config.cohort_size=50 exceeds config.partition.num_clients=20'
-  ]
+  assert errors == ['fedcomp: error: config.cohort_size=50 exceeds config.partition.num_clients=20']
 
 
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
-  args = ('--config.total_rounds=40', '--config.ckpt_every_rounds=4', '--config.eval_every_rounds=5')
+  args = (
+    '--config.total_rounds=40',
+    '--config.ckpt_every_rounds=4',
+    '--config.eval_every_rounds=5',
+  )
   assert launch(tmp_path / 'whole', *args).returncode == 0
   proc = launch(tmp_path / 'killed', *args, wait=False)
   metrics = tmp_path / 'killed' / 'metrics.jsonl'
