@@ -10,6 +10,7 @@ from its last checkpoint. Bad input ends the program with a one-line message
 """
 
 import logging as py_logging
+import os
 import sys
 
 import jax
@@ -17,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fedcomp.errors import ConfigError, TrainingDivergedError
+from fedcomp.utils.xla_flags import set_default_xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
@@ -33,8 +35,25 @@ class _QuietLibraries(py_logging.Filter):
 _QUIET = ('orbax', 'tensorstore', 'etils')
 
 
+def _enable_compilation_cache() -> None:
+  """Keeps compiled rounds on disk so re-runs and resumed runs skip compiling.
+
+  JAX_COMPILATION_CACHE_DIR (or jax's own config) wins; the default is
+  ~/.cache/fedcomp/jax. Only programs that took over a second to compile are kept.
+  """
+  if jax.config.jax_compilation_cache_dir:
+    return
+  default = os.path.join(os.path.expanduser('~'), '.cache', 'fedcomp', 'jax')
+  jax.config.update(
+    'jax_compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR', default)
+  )
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
 def main(argv):
+  set_default_xla_flags()  # before the backend starts (jax.process_count below)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _enable_compilation_cache()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   # Multi-host: every host runs this same program; jax.distributed connects
@@ -63,8 +82,6 @@ def main(argv):
 
 
 def _is_multi_host_env() -> bool:
-  import os
-
   return any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES'))
 
 

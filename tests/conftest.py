@@ -4,7 +4,10 @@ import os
 
 import pytest
 
+from fedcomp.utils.xla_flags import set_default_xla_flags
+
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+set_default_xla_flags()
 os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR',
   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.jax_cache'),

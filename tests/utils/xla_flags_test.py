@@ -1,0 +1,23 @@
+"""Default XLA flags."""
+
+from fedcomp.utils.xla_flags import DEFAULT_FLAGS, set_default_xla_flags
+
+
+def test_adds_defaults_and_keeps_user_flags():
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  flags = set_default_xla_flags(env)
+  assert flags.startswith('--xla_force_host_platform_device_count=8 ')
+  assert all(f in flags for f in DEFAULT_FLAGS)
+  assert set_default_xla_flags(env) == flags  # idempotent
+
+
+def test_user_choice_wins():
+  name = DEFAULT_FLAGS[0].split('=')[0]
+  env = {'XLA_FLAGS': f'{name}=true'}
+  assert set_default_xla_flags(env) == f'{name}=true'
+
+
+def test_tests_run_with_the_defaults():
+  import os
+
+  assert all(f in os.environ['XLA_FLAGS'] for f in DEFAULT_FLAGS)
