@@ -85,7 +85,7 @@ def federated_config() -> ml_collections.ConfigDict:
   c.partition.local_test_fraction = 0.2
 
   c.model_name = 'mlp'
-  c.model = _fields(hidden=tuple, features=tuple, dense=int, dropout=tuple)
+  c.model = _fields(hidden=tuple, features=tuple, dense=int, dropout=tuple, conv_impl=str)
 
   c.algorithm_name = 'fed_avg'
   c.algorithm = _fields(mu=float, weighting=str)

@@ -7,9 +7,11 @@ and writes config.json, data_stats.json, metrics.jsonl, TensorBoard events,
 checkpoints/, summary.json (final metrics, no timings) and perf.json.
 """
 
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -114,35 +116,28 @@ def _json_ready(metrics: dict) -> dict[str, Any]:
   return {k: float(v) for k, v in metrics.items()}
 
 
-# ---------------------------------------------------------------------------- run
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains a federated model as `config` says and returns the final metrics.
+# ---------------------------------------------------------------------------- build
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything a federated run is built from, before any state exists."""
 
-  Args:
-    config: a federated config (see configs/common.py).
-    workdir: where the run writes; an existing run there is resumed.
+  data: fdata.FederatedData
+  data_stats: dict
+  model: models.BuiltModel
+  algorithm: Any
+  engine: RoundEngine
+  evaluate: Callable
+  pad_to: int
 
-  Returns:
-    The final metrics (also written to summary.json).
-  """
-  # --- validate and record the config --------------------------------------
-  validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  config_dict = config.to_dict()
-  _check_workdir_config(workdir, json.loads(json.dumps(config_dict, default=str)))
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
 
+def build(config: ml_collections.ConfigDict) -> Setup:
+  """Builds data, model, algorithm and round engine from a validated config."""
   # --- data ----------------------------------------------------------------
-  t_start = time.perf_counter()
   dataset = fdata.load_source(config.data_name, config.data, config.seed)
   fd = fdata.build_federated_data(
     dataset, config.partition_name, config.partition.to_dict(), config.seed
   )
   stats = fdata.partition_summary(fd)
-  with open(os.path.join(workdir, 'data_stats.json'), 'w') as f:
-    json.dump(stats, f)
   sizes = fd.client_sizes
   logging.info(
     'data %s: %d clients, %d train examples (%d..%d per client), %d global test; '
@@ -206,8 +201,44 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     'fully' if unroll == 0 else f'x{unroll}',
   )
 
+  return Setup(fd, stats, model, algorithm, engine, evaluate, pad_to)
+
+
+# ---------------------------------------------------------------------------- run
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains a federated model as `config` says and returns the final metrics.
+
+  Args:
+    config: a federated config (see configs/common.py).
+    workdir: where the run writes; an existing run there is resumed.
+
+  Returns:
+    The final metrics (also written to summary.json).
+  """
+  # --- validate and record the config --------------------------------------
+  validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  config_dict = config.to_dict()
+  _check_workdir_config(workdir, json.loads(json.dumps(config_dict, default=str)))
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+
+  t_start = time.perf_counter()
+  setup = build(config)
+  fd, algorithm, engine, evaluate, pad_to = (
+    setup.data,
+    setup.algorithm,
+    setup.engine,
+    setup.evaluate,
+    setup.pad_to,
+  )
+  mesh = engine.mesh
+  with open(os.path.join(workdir, 'data_stats.json'), 'w') as f:
+    json.dump(setup.data_stats, f)
+
   # --- state: fresh or resumed ---------------------------------------------
-  server, table = engine.init(model.params)
+  server, table = engine.init(setup.model.params)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
   start = ckpt.latest_round() or 0
   if start:
@@ -285,8 +316,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     'median_round_sec': float(np.median(train_secs)) if train_secs else None,
     'examples_per_sec': examples / sum(train_secs) if train_secs else None,
     'devices': int(mesh.devices.size),
-    'client_parallelism': strategy,
-    'local_steps_unroll': unroll,
+    'client_parallelism': engine.strategy,
+    'local_steps_unroll': engine.unroll,
   }
   with open(os.path.join(workdir, 'perf.json'), 'w') as f:
     json.dump(perf, f, indent=2)

@@ -6,6 +6,9 @@ import jax
 from flax import nnx
 
 from fedcomp.errors import ConfigError
+from fedcomp.models import im2col
+
+CONV_IMPLS = ('xla', 'im2col')
 
 
 class Model(nnx.Module):
@@ -26,6 +29,7 @@ class Model(nnx.Module):
     features: Sequence[int] = (32, 64),
     dense: int = 128,
     dropout: Sequence[float] = (0.25, 0.5),
+    conv_impl: str = 'xla',
   ):
     """Creates the layers.
 
@@ -36,7 +40,15 @@ class Model(nnx.Module):
       features: output channels of the 3x3 VALID conv layers (config.model.features).
       dense: width of the hidden dense layer (config.model.dense).
       dropout: rates after the pool and after the hidden dense layer (config.model.dropout).
+      conv_impl: 'xla' (lax convolution) or 'im2col' (patches @ kernel, which vmaps over
+        per-client kernels into a batched matmul instead of a grouped convolution); the
+        params and the function are the same (config.model.conv_impl).
     """
+    if conv_impl not in CONV_IMPLS:
+      raise ConfigError(
+        f'config.model.conv_impl={conv_impl!r} is unknown; known: {", ".join(CONV_IMPLS)}'
+      )
+    self.conv_impl = conv_impl
     features = tuple(int(f) for f in features)
     dropout = tuple(float(r) for r in dropout)
     if not features or min(features) <= 0:
@@ -80,7 +92,12 @@ class Model(nnx.Module):
       r0, r1 = jax.random.split(rngs)
     h = x
     for i in range(self.num_convs):
-      h = jax.nn.relu(getattr(self, f'conv{i}')(h))
+      conv = getattr(self, f'conv{i}')
+      if self.conv_impl == 'im2col':
+        h = im2col.conv2d_valid(h, conv.kernel.value, conv.bias.value)
+      else:
+        h = conv(h)
+      h = jax.nn.relu(h)
     h = nnx.max_pool(h, (2, 2), strides=(2, 2))
     h = self.drop0(h, deterministic=not train, rngs=r0)
     h = h.reshape(h.shape[0], -1)

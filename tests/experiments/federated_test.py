@@ -99,7 +99,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 BAD_INPUTS = [
   (
     {'data_name': 'cifar'},
-    r"config.data_name='cifar' is unknown; known: digits, idx, synthetic, tfds",
+    r"config.data_name='cifar' is unknown; known: digits, idx, random, synthetic, tfds",
   ),
   ({'partition_name': 'x'}, r"config.partition_name='x' is unknown; known: dirichlet, "),
   ({'model_name': 'vit'}, r"config.model_name='vit' is unknown; known: cnn, mlp, simple_cnn"),
