@@ -23,7 +23,7 @@ def test_sizes_shapes_and_groups():
   sizes = np.bincount(d.groups)
   assert len(sizes) == 50 and sizes.min() >= 10 and sizes.max() <= 400 and sizes.std() > 10
   assert d.train_x.shape == (sizes.sum(), 4, 4, 1) and d.test_x.shape == (7, 4, 4, 1)
-  assert 0 <= d.train_x.min() and d.train_x.max() < 1 and d.train_y.max() < 62
+  assert d.train_x.min() >= 0 and d.train_x.max() < 1 and d.train_y.max() < 62
   # The same sizes as ../shared/peers/common.py's client_sizes (seeded log-uniform).
   u = np.random.default_rng([0, 1]).uniform(np.log(10), np.log(400), 50)
   np.testing.assert_array_equal(sizes, np.rint(np.exp(u)))

@@ -1,0 +1,150 @@
+"""Throughput of the round engine on a fixed federated workload.
+
+`run(config, workdir)` builds the workload exactly as a federated run would
+(`federated.build`), measures this process's dense float32 matmul peak, runs
+`bench.warmup_rounds` untimed rounds (compile, reported as `compile_sec`), then
+`bench.timed_rounds` timed rounds `bench.repeats` times, with evaluation (if
+any) timed apart. It prints one JSON line per repeat and writes them to
+`bench.jsonl` in the workdir.
+
+FLOPs follow the PaLM convention: model FLOPs per training example are 3x the
+forward pass (forward + backward), padded examples excluded; MFU = achieved
+model FLOP/s / measured matmul peak.
+
+References: Chowdhery et al. 2022 (PaLM), App. B (model FLOP utilisation).
+"""
+
+import json
+import os
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fedcomp.errors import ConfigError
+from fedcomp.experiments import federated
+
+
+def peak_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """Median GFLOP/s of a jitted n x n float32 matmul on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+  matmul(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def _device_memory_mib() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get('peak_bytes_in_use')
+  return None if peak is None else peak / 2**20
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Benchmarks the workload of `config`; returns one result dict per repeat.
+
+  Args:
+    config: a federated config with a `bench` section: workload, warmup_rounds,
+      timed_rounds, repeats, peak_matmul_n, eval_every_rounds (k > 0: the global
+      test set is evaluated every k timed rounds, timed apart).
+    workdir: where bench.jsonl is written.
+
+  Returns:
+    The result dicts (also printed, one JSON line each).
+  """
+  federated.validate(config)
+  bench = config.bench
+  for key, least in (
+    ('warmup_rounds', 0),
+    ('timed_rounds', 1),
+    ('repeats', 1),
+    ('eval_every_rounds', 0),
+  ):
+    if not isinstance(bench[key], int) or bench[key] < least:
+      raise ConfigError(f'config.bench.{key}={bench[key]!r} must be an integer >= {least}')
+  os.makedirs(workdir, exist_ok=True)
+  setup = federated.build(config)
+  fd, engine = setup.data, setup.engine
+  peak = peak_matmul_gflops(bench.peak_matmul_n)
+  logging.info('peak float32 matmul: %.1f GFLOP/s', peak)
+
+  def cohort(r):
+    ids = federated.sample_cohort(config.seed, r, fd.num_clients, config.cohort_size)
+    return engine.put_cohort(ids, *fd.gather(ids, setup.pad_to))
+
+  root = jax.random.key(config.seed)
+  server, table = engine.init(setup.model.params)
+  r = 0
+  t0 = time.perf_counter()
+  for _ in range(max(bench.warmup_rounds, 1)):
+    r += 1
+    server, table, metrics = engine.round(server, table, *cohort(r), jax.random.fold_in(root, r))
+    jax.block_until_ready(metrics)
+  first_sec = time.perf_counter() - t0
+
+  train_flops = 3 * setup.model.flops_per_example
+  results = []
+  for repeat in range(bench.repeats):
+    times, examples, eval_secs = [], [], []
+    nxt = cohort(r + 1)
+    for i in range(bench.timed_rounds):
+      r += 1
+      t = time.perf_counter()
+      server, table, metrics = engine.round(server, table, *nxt, jax.random.fold_in(root, r))
+      if i + 1 < bench.timed_rounds:
+        nxt = cohort(r + 1)  # host gather overlaps the running round
+      count = float(metrics['train/examples'])  # blocks until the round is done
+      times.append(time.perf_counter() - t)
+      examples.append(count)
+      if bench.eval_every_rounds and (i + 1) % bench.eval_every_rounds == 0:
+        t = time.perf_counter()
+        setup.evaluate(setup.algorithm.server_params(server), fd.global_test_x, fd.global_test_y)
+        eval_secs.append(time.perf_counter() - t)
+    round_sec = float(np.median(times))
+    examples_per_sec = float(np.median(np.asarray(examples) / np.asarray(times)))
+    achieved = examples_per_sec * train_flops / 1e9
+    result = {
+      'workload': bench.workload,
+      'repeat': repeat,
+      'rounds_per_sec': 1.0 / round_sec,
+      'client_updates_per_sec': config.cohort_size / round_sec,
+      'examples_per_sec': examples_per_sec,
+      'round_sec_median': round_sec,
+      'round_sec_min': float(min(times)),
+      'round_sec_max': float(max(times)),
+      'timed_rounds': len(times),
+      'eval_sec_median': float(np.median(eval_secs)) if eval_secs else None,
+      'model_flops_per_example': train_flops,
+      'achieved_gflops': achieved,
+      'peak_gflops': peak,
+      'mfu': achieved / peak,
+      'compile_sec': max(first_sec - bench.warmup_rounds * round_sec, 0.0),
+      'first_rounds_sec': first_sec,
+      'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'device_peak_mib': _device_memory_mib(),
+      'strategy': engine.strategy,
+      'local_steps_unroll': engine.unroll,
+      'conv_impl': config.model.get('conv_impl'),
+      'devices': int(engine.mesh.devices.size),
+      'platform': jax.devices()[0].platform,
+      'num_clients': fd.num_clients,
+      'cohort_size': config.cohort_size,
+      'jax': jax.__version__,
+      'python': platform.python_version(),
+    }
+    line = json.dumps(result)
+    print(line, flush=True)
+    with open(os.path.join(workdir, 'bench.jsonl'), 'a') as f:
+      f.write(line + '\n')
+    results.append(result)
+  return results
