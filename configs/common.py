@@ -61,6 +61,7 @@ def federated_config() -> ml_collections.ConfigDict:
   # unrolled local steps for conv models, 'vmap' with a rolled scan otherwise).
   c.client_parallelism = 'auto'
   c.local_steps_unroll = config_dict.placeholder(int)  # None: auto; 0: fully unrolled
+  c.client_chunk_size = config_dict.placeholder(int)  # 'map': clients vmapped per chunk
   c.num_devices = config_dict.placeholder(int)  # None: all devices
 
   c.data_name = 'digits'
@@ -73,6 +74,13 @@ def federated_config() -> ml_collections.ConfigDict:
     alpha=float,  # synthetic(alpha, beta)
     beta=float,
     num_devices=int,  # synthetic
+    num_clients=int,  # random: throughput workloads (configs/bench)
+    min_examples=int,
+    max_examples=int,
+    shape=tuple,
+    num_classes=int,
+    test_examples=int,
+    dtype=str,
   )
   c.partition_name = 'iid'
   c.partition = _fields(

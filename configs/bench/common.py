@@ -16,16 +16,6 @@ def bench_config(workload: str, arg: str | None) -> ml_collections.ConfigDict:
   c = common.federated_config()
   c.experiment = 'bench'
   c.data_name = 'random'
-  c.data.update(
-    {
-      'num_clients': None,
-      'min_examples': None,
-      'max_examples': None,
-      'shape': None,
-      'num_classes': None,
-      'test_examples': None,
-    }
-  )
   c.partition_name = 'natural'
   c.partition.local_test_fraction = 0.0
   c.bench = ml_collections.ConfigDict(
@@ -36,6 +26,7 @@ def bench_config(workload: str, arg: str | None) -> ml_collections.ConfigDict:
       'repeats': arg.repeats,
       'peak_matmul_n': 2048,
       'eval_every_rounds': 0,  # 0: no evaluation (timed apart where a workload has it)
+      'cases': [],  # [{dotted key: value}, ...]: one benchmark per case
     }
   )
   if arg.runlocal:

@@ -99,6 +99,8 @@ class RoundEngine:
     strategy: how clients on one device run: 'vmap', 'map' (lax.map) or 'loop'
       (unrolled at trace time inside the one jitted round).
     unroll: `lax.scan` unroll of the local steps; 0 unrolls them fully.
+    chunk_size: with strategy 'map', clients vmapped per chunk (chunked vmap:
+      `lax.map(batch_size=chunk_size)`); None maps one client at a time.
   """
 
   def __init__(
@@ -112,8 +114,9 @@ class RoundEngine:
     mesh: jax.sharding.Mesh,
     strategy: str = 'vmap',
     unroll: int = 1,
+    chunk_size: int | None = None,
   ):
-    if strategy not in STRATEGIES or unroll < 0:
+    if strategy not in STRATEGIES or unroll < 0 or (chunk_size is not None and chunk_size < 1):
       raise ValueError(
         f'strategy={strategy!r}, unroll={unroll}: known strategies '
         f'{", ".join(STRATEGIES)}; unroll >= 0'
@@ -126,6 +129,7 @@ class RoundEngine:
     self.mesh = mesh
     self.strategy = strategy
     self.unroll = unroll
+    self.chunk_size = chunk_size
     self.num_devices = mesh.devices.size
     self.data_sharding = NamedSharding(mesh, P(AXIS))
     self.replicated = NamedSharding(mesh, P())
@@ -201,7 +205,7 @@ class RoundEngine:
     if self.strategy == 'vmap':
       out, stats = jax.vmap(client)(*args)
     elif self.strategy == 'map':
-      out, stats = jax.lax.map(lambda a: client(*a), args)
+      out, stats = jax.lax.map(lambda a: client(*a), args, batch_size=self.chunk_size)
     else:  # 'loop': clients unrolled at trace time, one after another
       each = [client(*jax.tree.map(lambda a, i=i: a[i], args)) for i in range(x.shape[0])]
       out, stats = jax.tree.map(lambda *a: jnp.stack(a), *each)

@@ -11,6 +11,8 @@ class Dataset:
 
   Attributes:
     train_x: (N, *feature_shape) float32; images are NHWC (H, W, C) scaled to [0, 1].
+      uint8 (0..255) is accepted too and kept as is: FederatedData scales only the
+      gathered cohort, so large image sets cost a quarter of the memory.
     train_y: (N,) int32 labels in [0, num_classes).
     test_x: (M, *feature_shape) float32.
     test_y: (M,) int32.

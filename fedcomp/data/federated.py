@@ -78,8 +78,9 @@ class FederatedData:
       split: 'train' (local train data) or 'test' (local test data).
 
     Returns:
-      x (K, pad_to, *feature_shape) float32 with zero padding rows, y (K, pad_to) int32
-      (0 where padded), mask (K, pad_to) bool (True on real rows).
+      x (K, pad_to, *feature_shape) float32 (uint8 storage scaled to [0, 1]) with zero
+      padding rows, y (K, pad_to) int32 (0 where padded), mask (K, pad_to) bool (True on
+      real rows).
     """
     if split == 'train':
       x, y, offsets = self.x, self.y, self.offsets
@@ -105,10 +106,17 @@ class FederatedData:
       gx = np.zeros((len(ids), pad_to, *x.shape[1:]), np.float32)
       return gx, np.zeros((len(ids), pad_to), np.int32), mask
     rows = np.where(mask, starts[:, None] + pos[None, :], 0)
-    gx, gy = x[rows], y[rows]
+    gx, gy = as_float(x[rows]), y[rows]
     gx[~mask] = 0
     gy[~mask] = 0
     return gx, gy, mask
+
+
+def as_float(x: np.ndarray) -> np.ndarray:
+  """float32 inputs: uint8 storage (0..255) is scaled to [0, 1]; float32 passes through."""
+  if x.dtype == np.uint8:
+    return x.astype(np.float32) * np.float32(1 / 255)
+  return x.astype(np.float32, copy=False)
 
 
 def local_test_sizes(sizes: np.ndarray, fraction: float) -> np.ndarray:
@@ -179,19 +187,26 @@ def build_federated_data(
   starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
   test_sizes = local_test_sizes(sizes, fraction)
   is_test = np.arange(len(indices)) - starts[client_of] < test_sizes[client_of]
-  train_rows, test_rows = indices[order[~is_test]], indices[order[is_test]]
+  if test_sizes.any():
+    train_rows, test_rows = indices[order[~is_test]], indices[order[is_test]]
+  else:  # no local test split: keep the partition's order (the engine shuffles per epoch)
+    train_rows, test_rows = indices, indices[:0]
+  # A partition that keeps every example in place (e.g. `natural` on grouped data)
+  # shares the source's arrays instead of copying them: data sets of many clients
+  # then cost their size once in host memory.
+  in_place = np.array_equal(train_rows, np.arange(len(dataset.train_y)))
 
   def offsets(s):
     return np.concatenate([[0], np.cumsum(s)]).astype(np.int64)
 
   return FederatedData(
-    x=dataset.train_x[train_rows],
-    y=dataset.train_y[train_rows].astype(np.int32),
+    x=dataset.train_x if in_place else dataset.train_x[train_rows],
+    y=dataset.train_y[train_rows].astype(np.int32, copy=False),
     offsets=offsets(sizes - test_sizes),
-    test_x=dataset.train_x[test_rows],
+    test_x=as_float(dataset.train_x[test_rows]),
     test_y=dataset.train_y[test_rows].astype(np.int32),
     test_offsets=offsets(test_sizes),
-    global_test_x=dataset.test_x,
+    global_test_x=as_float(dataset.test_x),
     global_test_y=dataset.test_y.astype(np.int32),
     num_classes=dataset.num_classes,
   )

@@ -50,7 +50,42 @@ def _device_memory_mib() -> float | None:
   return None if peak is None else peak / 2**20
 
 
+def _with_overrides(config: ml_collections.ConfigDict, overrides: dict):
+  """A copy of `config` with dotted keys set, e.g. {'partition.num_clients': 10}."""
+  case = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *path, last = key.split('.')
+    target = case
+    for part in path:
+      target = target[part]
+    if last not in target:
+      raise ConfigError(f'config.bench.cases sets {key!r}, which is not a config key')
+    target[last] = value
+  return case
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Benchmarks each case of `config` (one JSON line per case and repeat).
+
+  Args:
+    config: as for `run_case`, plus `bench.cases`: a list of {dotted key: value}
+      overrides, one benchmark each (e.g. cohort sizes); empty runs `config` once.
+    workdir: where bench.jsonl is written.
+
+  Returns:
+    The result dicts of all cases and repeats.
+  """
+  cases = list(config.bench.get('cases') or [{}])
+  cased = [_with_overrides(config, dict(c)) for c in cases]  # bad keys fail before any work
+  results = []
+  for case, overrides in zip(cased, cases):
+    results += run_case(case, workdir, dict(overrides))
+  return results
+
+
+def run_case(
+  config: ml_collections.ConfigDict, workdir: str, case: dict | None = None
+) -> list[dict]:
   """Benchmarks the workload of `config`; returns one result dict per repeat.
 
   Args:
@@ -58,6 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       timed_rounds, repeats, peak_matmul_n, eval_every_rounds (k > 0: the global
       test set is evaluated every k timed rounds, timed apart).
     workdir: where bench.jsonl is written.
+    case: the overrides that made this case, recorded in each result.
 
   Returns:
     The result dicts (also printed, one JSON line each).
@@ -115,6 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     achieved = examples_per_sec * train_flops / 1e9
     result = {
       'workload': bench.workload,
+      'case': case or {},
       'repeat': repeat,
       'rounds_per_sec': 1.0 / round_sec,
       'client_updates_per_sec': config.cohort_size / round_sec,
@@ -134,6 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       'device_peak_mib': _device_memory_mib(),
       'strategy': engine.strategy,
       'local_steps_unroll': engine.unroll,
+      'client_chunk_size': engine.chunk_size,
       'conv_impl': config.model.get('conv_impl'),
       'devices': int(engine.mesh.devices.size),
       'platform': jax.devices()[0].platform,

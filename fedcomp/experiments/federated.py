@@ -72,6 +72,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.client_parallelism={config.client_parallelism!r} is unknown; '
       f'known: auto, {", ".join(STRATEGIES)}'
     )
+  chunk = config.client_chunk_size
+  if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+    raise ConfigError(f'config.client_chunk_size={chunk!r} must be None or a positive integer')
   unroll = config.local_steps_unroll
   if unroll is not None and (not isinstance(unroll, int) or unroll < 0):
     raise ConfigError(f'config.local_steps_unroll={unroll!r} must be None (auto) or an int >= 0')
@@ -187,6 +190,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     mesh=mesh,
     strategy=strategy,
     unroll=unroll,
+    chunk_size=config.client_chunk_size,
   )
   evaluate = evaluate_fn(model.apply, config.eval_batch_size)
   logging.info(

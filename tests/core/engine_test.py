@@ -141,3 +141,25 @@ def test_local_batches_visit_each_example_once_per_epoch():
   for e in range(3):
     assert sorted(per_epoch[e][ok[e]]) == [0, 1, 2, 3, 4]
   assert not np.array_equal(per_epoch[0][ok[0]], per_epoch[1][ok[1]])
+
+
+@pytest.mark.parametrize(
+  ('strategy', 'chunk', 'unroll'),
+  [('map', None, 1), ('map', 2, 1), ('loop', None, 0), ('vmap', None, 0)],
+)
+def test_every_strategy_gives_the_vmap_result(strategy, chunk, unroll):
+  x, y, mask = random_clients(5, 6, [5, 3, 6, 1, 4], seed=2)
+  ids = np.array([0, 1, 2, 3, 1])
+
+  def run(**kw):
+    alg = ALGORITHMS['fed_avg'](
+      loss_fn=classification_loss(linear_apply), client_tx=optax.sgd(0.5), server_tx=optax.sgd(1.0)
+    )
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('clients',))
+    eng = RoundEngine(alg, num_clients=4, local_epochs=2, batch_size=2, pad_to=6, mesh=mesh, **kw)
+    return run_rounds(eng, x, y, mask, ids, rounds=2)
+
+  ref, _, m_ref = run(strategy='vmap')
+  got, _, m_got = run(strategy=strategy, chunk_size=chunk, unroll=unroll)
+  np.testing.assert_allclose(got.params['w'], ref.params['w'], rtol=1e-5, atol=1e-6)
+  assert float(m_got['train/loss']) == pytest.approx(float(m_ref['train/loss']), rel=1e-5)

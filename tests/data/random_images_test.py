@@ -36,3 +36,26 @@ def test_equal_sizes_and_errors():
   np.testing.assert_array_equal(np.bincount(d.groups), [5, 5, 5])
   with pytest.raises(ConfigError, match=r'config.data.max_examples=2 is below'):
     load_source('random', {'min_examples': 5, 'max_examples': 2}, seed=0)
+
+
+def test_uint8_storage_is_shared_and_gathered_as_float():
+  d = load_source(
+    'random',
+    {
+      'num_clients': 4,
+      'min_examples': 3,
+      'max_examples': 3,
+      'shape': (2, 2, 1),
+      'dtype': 'uint8',
+      'test_examples': 2,
+    },
+    seed=0,
+  )
+  assert d.train_x.dtype == np.uint8
+  fd = build_federated_data(d, 'natural', {'num_clients': 4, 'local_test_fraction': 0.0}, seed=0)
+  assert fd.x is d.train_x  # no copy of the examples
+  assert fd.global_test_x.dtype == np.float32
+  x, _, mask = fd.gather(np.array([2, 4]), pad_to=4)
+  assert x.dtype == np.float32 and mask.sum() == 3
+  np.testing.assert_allclose(x[0, :3], d.train_x[6:9].astype(np.float32) / 255, rtol=1e-6)
+  assert not x[1].any()

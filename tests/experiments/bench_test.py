@@ -36,7 +36,9 @@ def test_bench_config_runs_and_reports(name, tmp_path):
   config = importlib.import_module(f'configs.bench.{name}').get_config('runlocal,repeats=2')
   config.num_devices = 1
   results = bench.run(config, str(tmp_path))
-  assert len(results) == 2
+  cases = list(config.bench.cases) or [{}]
+  assert len(results) == 2 * len(cases)
+  assert [r['case'] for r in results] == [dict(c) for c in cases for _ in range(2)]
   lines = (tmp_path / 'bench.jsonl').read_text().splitlines()
   assert [json.loads(line) for line in lines] == results
   for r in results:
@@ -45,7 +47,7 @@ def test_bench_config_runs_and_reports(name, tmp_path):
     assert r['achieved_gflops'] == pytest.approx(
       r['examples_per_sec'] * r['model_flops_per_example'] / 1e9
     )
-    assert r['client_updates_per_sec'] == pytest.approx(config.cohort_size * r['rounds_per_sec'])
+    assert r['client_updates_per_sec'] == pytest.approx(r['cohort_size'] * r['rounds_per_sec'])
     assert r['peak_gflops'] > 0 and r['compile_sec'] >= 0
 
 

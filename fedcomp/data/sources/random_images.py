@@ -35,6 +35,7 @@ def load(
   shape: Sequence[int] = (28, 28, 1),
   num_classes: int = 62,
   test_examples: int = 1000,
+  dtype: str = 'float32',
 ) -> Dataset:
   """Random train examples grouped by client, and a random test set.
 
@@ -46,6 +47,8 @@ def load(
     shape: shape of one input (config.data.shape).
     num_classes: label range (config.data.num_classes).
     test_examples: size of the test set (config.data.test_examples).
+    dtype: 'float32' (uniform in [0, 1), as the peers' scripts) or 'uint8' (uniform
+      0..255; a quarter of the memory, scaled to [0, 1] when a cohort is gathered).
 
   Returns:
     A Dataset with `groups` = client id of each train example.
@@ -63,8 +66,13 @@ def load(
     )
   sizes = client_sizes(num_clients, min_examples, max_examples, seed)
   n = int(sizes.sum())
+  if dtype not in ('float32', 'uint8'):
+    raise ConfigError(f'config.data.dtype={dtype!r} is unknown; known: float32, uint8')
   rng = np.random.default_rng(seed)
-  x = rng.random((n, *shape), dtype=np.float32)
+  if dtype == 'uint8':
+    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+  else:
+    x = rng.random((n, *shape), dtype=np.float32)
   y = rng.integers(0, num_classes, n, dtype=np.int32)
   test_rng = np.random.default_rng([seed, 2])
   test_x = test_rng.random((test_examples, *shape), dtype=np.float32)
