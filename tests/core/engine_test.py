@@ -5,15 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fl_testing import linear_apply, random_clients, run_rounds
 
 from fedcomp.algorithms import ALGORITHMS
 from fedcomp.core import ClientOutput, FederatedAlgorithm, RoundEngine, local_batches
 from fedcomp.core.losses import classification_loss
-
-
-def linear_apply(params, x, *, train=False, key=None):
-  del train, key
-  return x.reshape(x.shape[0], -1) @ params['w']
 
 
 def make_engine(num_devices=1, *, server_lr=1.0, pad_to=2, batch_size=2, epochs=1, alg=None):
@@ -49,22 +45,6 @@ def test_two_client_round_matches_hand_computation():
     np.testing.assert_allclose(server.params['w'], want, atol=1e-6)
     assert float(m['train/loss']) == pytest.approx(np.log(2), abs=1e-6)
     assert float(m['train/examples']) == 3.0
-
-
-def run_rounds(eng, x, y, mask, ids, rounds=2, seed=0):
-  server, table = eng.init({'w': jnp.full((x[0, 0].size, 3), 0.1)})
-  for r in range(rounds):
-    cohort = eng.put_cohort(ids, x, y, mask)
-    server, table, m = eng.round(server, table, *cohort, jax.random.key(seed + r))
-  return server, table, m
-
-
-def random_clients(num, pad, sizes, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(num, pad, 5)).astype(np.float32)
-  y = rng.integers(0, 3, (num, pad)).astype(np.int32)
-  mask = np.arange(pad)[None] < np.asarray(sizes)[:, None]
-  return x * mask[..., None], y * mask, mask
 
 
 def test_padding_changes_nothing():
