@@ -12,7 +12,9 @@ from fedcomp.core import ClientOutput, FederatedAlgorithm, RoundEngine, local_ba
 from fedcomp.core.losses import classification_loss
 
 
-def make_engine(num_devices=1, *, server_lr=1.0, pad_to=2, batch_size=2, epochs=1, alg=None):
+def make_engine(
+  num_devices=1, *, server_lr=1.0, pad_to=2, batch_size=2, epochs=1, alg=None, **engine_kwargs
+):
   alg = alg or ALGORITHMS['fed_avg'](
     loss_fn=classification_loss(linear_apply),
     client_tx=optax.sgd(1.0),
@@ -20,7 +22,13 @@ def make_engine(num_devices=1, *, server_lr=1.0, pad_to=2, batch_size=2, epochs=
   )
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ('clients',))
   return RoundEngine(
-    alg, num_clients=4, local_epochs=epochs, batch_size=batch_size, pad_to=pad_to, mesh=mesh
+    alg,
+    num_clients=4,
+    local_epochs=epochs,
+    batch_size=batch_size,
+    pad_to=pad_to,
+    mesh=mesh,
+    **engine_kwargs,
   )
 
 
@@ -85,7 +93,10 @@ def test_second_round_does_not_recompile():
   assert eng.round._cache_size() == 1
 
 
-def test_client_table_rows_follow_their_clients():
+@pytest.mark.parametrize(
+  'strategy', [{'strategy': 'vmap'}, {'strategy': 'map', 'chunk_size': 2}, {'strategy': 'loop'}]
+)
+def test_client_table_rows_follow_their_clients(strategy):
   """A counting algorithm: each client's row counts its participations."""
   base = ALGORITHMS['fed_avg'](
     loss_fn=classification_loss(linear_apply), client_tx=optax.sgd(0.1), server_tx=optax.sgd(1.0)
@@ -102,7 +113,7 @@ def test_client_table_rows_follow_their_clients():
       'client_final': client_final,
     }
   )
-  eng = make_engine(2, pad_to=6, alg=alg)
+  eng = make_engine(1, pad_to=6, alg=alg, **strategy)
   x, y, mask = random_clients(3, 6, [6, 2, 4])
   server, table = eng.init({'w': jnp.zeros((5, 3))})
   for ids in ([0, 2, 3], [2, 3, 1], [3, 0, 2]):
