@@ -22,7 +22,7 @@ from absl import logging
 from fedcomp import data as fdata
 from fedcomp import models
 from fedcomp.algorithms import ALGORITHMS
-from fedcomp.core import RoundEngine, classification_loss, evaluate_fn
+from fedcomp.core import FederatedAlgorithm, RoundEngine, classification_loss, evaluate_fn
 from fedcomp.core.engine import STRATEGIES, auto_strategy
 from fedcomp.errors import TrainingDivergedError
 from fedcomp.optim import OPTIMIZERS, make_tx
@@ -127,7 +127,7 @@ class Setup:
   data: fdata.FederatedData
   data_stats: dict
   model: models.BuiltModel
-  algorithm: Any
+  algorithm: FederatedAlgorithm
   engine: RoundEngine
   evaluate: Callable
   pad_to: int
