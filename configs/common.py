@@ -62,6 +62,9 @@ def federated_config() -> ml_collections.ConfigDict:
   c.client_parallelism = 'auto'
   c.local_steps_unroll = config_dict.placeholder(int)  # None: auto; 0: fully unrolled
   c.client_chunk_size = config_dict.placeholder(int)  # 'map': clients vmapped per chunk
+  # Ragged clients: each client runs only its own steps (a while_loop) and the cohort is
+  # ordered by size, so 'map' chunks of short clients stop early. Dense models only.
+  c.dynamic_local_steps = False
   c.num_devices = config_dict.placeholder(int)  # None: all devices
 
   c.data_name = 'digits'

@@ -109,6 +109,10 @@ class RoundEngine:
     chunk_size: with strategy 'map', clients vmapped per chunk (chunked vmap: a
       `lax.scan` over chunks that accumulates the weighted sums); None: one client
       at a time.
+    dynamic_steps: run each client's own steps in a while_loop instead of a
+      fixed-length scan, and order the cohort by size, so that chunks of short
+      clients stop early (for ragged clients; dense models: loops over
+      convolutions are slow on XLA:CPU).
   """
 
   def __init__(
@@ -123,6 +127,7 @@ class RoundEngine:
     strategy: str = 'vmap',
     unroll: int = 1,
     chunk_size: int | None = None,
+    dynamic_steps: bool = False,
   ):
     if strategy not in STRATEGIES or unroll < 0 or (chunk_size is not None and chunk_size < 1):
       raise ValueError(
@@ -138,6 +143,7 @@ class RoundEngine:
     self.strategy = strategy
     self.unroll = unroll
     self.chunk_size = chunk_size
+    self.dynamic_steps = dynamic_steps
     self.num_devices = mesh.devices.size
     self.data_sharding = NamedSharding(mesh, P(AXIS))
     self.replicated = NamedSharding(mesh, P())
@@ -172,6 +178,9 @@ class RoundEngine:
     Padding clients get id `num_clients` (their table rows are dropped on
     scatter) and an all-False mask.
     """
+    if self.dynamic_steps:  # similar sizes side by side: each chunk stops at its own longest
+      order = np.argsort(-mask.sum(1), kind='stable')
+      ids, x, y, mask = ids[order], x[order], y[order], mask[order]
     k = self.cohort_padding(len(ids))
     extra = k - len(ids)
     if extra:
@@ -198,10 +207,39 @@ class RoundEngine:
       stats = jax.tree.map(lambda s: jnp.where(active, s, 0.0), stats)
       return _select(active, new_local, local), stats
 
-    unroll = self.unroll if self.unroll > 0 else idx.shape[0]
-    local, stats = jax.lax.scan(step, local, (idx, valid, step_keys), unroll=unroll)
+    if self.dynamic_steps:
+      local, stats = self._dynamic_steps(step, local, idx, valid, step_keys, mask.sum())
+    else:
+      unroll = self.unroll if self.unroll > 0 else idx.shape[0]
+      local, stats = jax.lax.scan(step, local, (idx, valid, step_keys), unroll=unroll)
+      stats = jax.tree.map(lambda s: s.sum(0), stats)
     out = alg.client_final(server_state, local, row, mask.sum())
-    return out, jax.tree.map(lambda s: s.sum(0), stats)
+    return out, stats
+
+  def _dynamic_steps(self, step, local, idx, valid, step_keys, count):
+    """Runs only the client's own steps: a while_loop over its non-empty batches.
+
+    Vmapped, the loop stops at the longest client of the vmapped group, so with
+    the cohort sorted by size (see put_cohort) and the 'map' strategy's chunks,
+    a chunk of short clients does not pay for the longest client's steps.
+    """
+    per_epoch = idx.shape[0] // self.local_epochs
+    own = jnp.maximum((count + self.batch_size - 1) // self.batch_size, 1)
+    total = jnp.where(count > 0, self.local_epochs * own, 0)
+    shapes = jax.eval_shape(lambda: step(local, (idx[0], valid[0], step_keys[0]))[1])
+    zeros = jax.tree.map(
+      lambda s: jax.lax.pcast(jnp.zeros(s.shape, s.dtype), AXIS, to='varying'), shapes
+    )
+
+    def body(carry):
+      t, local, acc = carry
+      j = (t // own) * per_epoch + t % own  # the t-th non-empty step
+      local, stats = step(local, (idx[j], valid[j], step_keys[j]))
+      return t + 1, local, jax.tree.map(jnp.add, acc, stats)
+
+    t0 = jax.lax.pcast(jnp.zeros((), jnp.int32), AXIS, to='varying')
+    _, local, stats = jax.lax.while_loop(lambda c: c[0] < total, body, (t0, local, zeros))
+    return local, stats
 
   def _shard(self, server_state, rows, x, y, mask, keys):
     """Clients of one device: run them, weighted-sum their updates, psum."""

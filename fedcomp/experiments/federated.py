@@ -75,6 +75,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   chunk = config.client_chunk_size
   if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
     raise ConfigError(f'config.client_chunk_size={chunk!r} must be None or a positive integer')
+  if not isinstance(config.dynamic_local_steps, bool):
+    raise ConfigError(f'config.dynamic_local_steps={config.dynamic_local_steps!r} must be a bool')
   unroll = config.local_steps_unroll
   if unroll is not None and (not isinstance(unroll, int) or unroll < 0):
     raise ConfigError(f'config.local_steps_unroll={unroll!r} must be None (auto) or an int >= 0')
@@ -191,6 +193,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     strategy=strategy,
     unroll=unroll,
     chunk_size=config.client_chunk_size,
+    dynamic_steps=config.dynamic_local_steps,
   )
   evaluate = evaluate_fn(model.apply, config.eval_batch_size)
   logging.info(

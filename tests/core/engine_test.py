@@ -94,7 +94,13 @@ def test_second_round_does_not_recompile():
 
 
 @pytest.mark.parametrize(
-  'strategy', [{'strategy': 'vmap'}, {'strategy': 'map', 'chunk_size': 2}, {'strategy': 'loop'}]
+  'strategy',
+  [
+    {'strategy': 'vmap'},
+    {'strategy': 'map', 'chunk_size': 2},
+    {'strategy': 'loop'},
+    {'strategy': 'map', 'chunk_size': 2, 'dynamic_steps': True},
+  ],
 )
 def test_client_table_rows_follow_their_clients(strategy):
   """A counting algorithm: each client's row counts its participations."""
@@ -136,9 +142,10 @@ def test_local_batches_visit_each_example_once_per_epoch():
 
 @pytest.mark.parametrize(
   ('strategy', 'chunk', 'unroll'),
-  [('map', None, 1), ('map', 2, 1), ('loop', None, 0), ('vmap', None, 0)],
+  [('map', None, 1), ('map', 2, 1), ('loop', None, 0), ('vmap', None, 0), ('map', 2, -1)],
 )
 def test_every_strategy_gives_the_vmap_result(strategy, chunk, unroll):
+  """unroll=-1 here means dynamic_steps (a while_loop over each client's own steps)."""
   x, y, mask = random_clients(5, 6, [5, 3, 6, 1, 4], seed=2)
   ids = np.array([0, 1, 2, 3, 1])
 
@@ -151,6 +158,7 @@ def test_every_strategy_gives_the_vmap_result(strategy, chunk, unroll):
     return run_rounds(eng, x, y, mask, ids, rounds=2)
 
   ref, _, m_ref = run(strategy='vmap')
-  got, _, m_got = run(strategy=strategy, chunk_size=chunk, unroll=unroll)
+  kw = {'dynamic_steps': True} if unroll < 0 else {'unroll': unroll}
+  got, _, m_got = run(strategy=strategy, chunk_size=chunk, **kw)
   np.testing.assert_allclose(got.params['w'], ref.params['w'], rtol=1e-5, atol=1e-6)
   assert float(m_got['train/loss']) == pytest.approx(float(m_ref['train/loss']), rel=1e-5)
