@@ -28,6 +28,7 @@ from absl import logging
 
 from fedcomp.errors import ConfigError
 from fedcomp.experiments import federated
+from fedcomp.utils.config_overrides import with_overrides
 
 
 def peak_matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -50,20 +51,6 @@ def _device_memory_mib() -> float | None:
   return None if peak is None else peak / 2**20
 
 
-def _with_overrides(config: ml_collections.ConfigDict, overrides: dict):
-  """A copy of `config` with dotted keys set, e.g. {'partition.num_clients': 10}."""
-  case = config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    *path, last = key.split('.')
-    target = case
-    for part in path:
-      target = target[part]
-    if last not in target:
-      raise ConfigError(f'config.bench.cases sets {key!r}, which is not a config key')
-    target[last] = value
-  return case
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Benchmarks each case of `config` (one JSON line per case and repeat).
 
@@ -76,7 +63,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     The result dicts of all cases and repeats.
   """
   cases = list(config.bench.get('cases') or [{}])
-  cased = [_with_overrides(config, dict(c)) for c in cases]  # bad keys fail before any work
+  cased = [with_overrides(config, dict(c)) for c in cases]  # bad keys fail before any work
   results = []
   for case, overrides in zip(cased, cases):
     results += run_case(case, workdir, dict(overrides))
@@ -115,8 +102,7 @@ def run_case(
   logging.info('peak float32 matmul: %.1f GFLOP/s', peak)
 
   def cohort(r):
-    ids = federated.sample_cohort(config.seed, r, fd.num_clients, config.cohort_size)
-    return engine.put_cohort(ids, *fd.gather(ids, setup.pad_to))
+    return setup.cohort(config.seed, r, config.cohort_size)
 
   root = jax.random.key(config.seed)
   server, table = engine.init(setup.model.params)

@@ -132,7 +132,11 @@ class Setup:
   algorithm: FederatedAlgorithm
   engine: RoundEngine
   evaluate: Callable
-  pad_to: int
+
+  def cohort(self, seed: int, round_: int, cohort_size: int):
+    """Round `round_`'s cohort: sampled, gathered, padded and put on the mesh."""
+    ids = sample_cohort(seed, round_, self.data.num_clients, cohort_size)
+    return self.engine.put_cohort(ids, *self.data.gather(ids, self.engine.pad_to))
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
@@ -208,7 +212,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     'fully' if unroll == 0 else f'x{unroll}',
   )
 
-  return Setup(fd, stats, model, algorithm, engine, evaluate, pad_to)
+  return Setup(fd, stats, model, algorithm, engine, evaluate)
 
 
 # ---------------------------------------------------------------------------- run
@@ -233,13 +237,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   t_start = time.perf_counter()
   setup = build(config)
-  fd, algorithm, engine, evaluate, pad_to = (
-    setup.data,
-    setup.algorithm,
-    setup.engine,
-    setup.evaluate,
-    setup.pad_to,
-  )
+  fd, algorithm, engine, evaluate = setup.data, setup.algorithm, setup.engine, setup.evaluate
   mesh = engine.mesh
   with open(os.path.join(workdir, 'data_stats.json'), 'w') as f:
     json.dump(setup.data_stats, f)
@@ -258,8 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   root = jax.random.key(config.seed)
 
   def prepare(r):
-    ids = sample_cohort(config.seed, r, fd.num_clients, config.cohort_size)
-    return engine.put_cohort(ids, *fd.gather(ids, pad_to))
+    return setup.cohort(config.seed, r, config.cohort_size)
 
   def evaluate_all(params):
     glob = evaluate(params, fd.global_test_x, fd.global_test_y)

@@ -9,6 +9,7 @@ import pytest
 from configs import common
 from fedcomp.errors import ConfigError, TrainingDivergedError
 from fedcomp.experiments import federated
+from fedcomp.utils.config_overrides import with_overrides
 
 
 def small_config(**overrides):
@@ -22,13 +23,7 @@ def small_config(**overrides):
   c.partition.num_clients = 8
   c.model_name = 'mlp'
   c.model.hidden = (32,)
-  for key, value in overrides.items():
-    target = c
-    *path, last = key.split('.')
-    for p in path:
-      target = target[p]
-    target[last] = value
-  return c
+  return with_overrides(c, overrides)
 
 
 def read_metrics(workdir):
