@@ -57,8 +57,10 @@ def federated_config() -> ml_collections.ConfigDict:
   c.log_every_rounds = 1
   c.eval_batch_size = 1024
   # How one device runs its share of the cohort: 'vmap', 'map' (lax.map), 'loop'
-  # (unrolled at trace time) or 'auto' (measured best per model: 'loop' with fully
-  # unrolled local steps for conv models, 'vmap' with a rolled scan otherwise).
+  # (unrolled at trace time) or 'auto' (measured best per model on CPU: 'map', one client
+  # at a time with a rolled scan, for conv models with im2col convolutions (the CPU
+  # default, model.conv_impl='auto'); 'loop' with fully unrolled steps for XLA's conv;
+  # 'vmap' with a rolled scan for dense models and on accelerators).
   c.client_parallelism = 'auto'
   c.local_steps_unroll = config_dict.placeholder(int)  # None: auto; 0: fully unrolled
   c.client_chunk_size = config_dict.placeholder(int)  # 'map': clients vmapped per chunk
@@ -85,6 +87,13 @@ def federated_config() -> ml_collections.ConfigDict:
     test_examples=int,
     dtype=str,
   )
+  c.train_examples = config_dict.placeholder(int)  # a random subset of the train set
+  # Globally shared data (Zhao et al. 2018), the paper's convention: a class-balanced G with
+  # |G| = beta * |D| (D: the whole train set) is removed before partitioning; the server
+  # trains a warm-up model on G for warmup_epochs (client optimizer and batch size); then
+  # each client gets its own random alpha share of G (alpha * |G| examples) merged into its
+  # data. beta = 0 disables it; alpha = 0 keeps G on the server (warm-up only).
+  c.shared_data = ml_collections.ConfigDict({'beta': 0.0, 'alpha': 0.0, 'warmup_epochs': 5})
   c.partition_name = 'iid'
   c.partition = _fields(
     classes_per_client=int,  # shards
@@ -96,10 +105,12 @@ def federated_config() -> ml_collections.ConfigDict:
   c.partition.local_test_fraction = 0.2
 
   c.model_name = 'mlp'
-  c.model = _fields(hidden=tuple, features=tuple, dense=int, dropout=tuple, conv_impl=str)
+  c.model = _fields(
+    hidden=tuple, features=tuple, dense=int, dropout=tuple, conv_impl=str, compute_dtype=str
+  )
 
   c.algorithm_name = 'fed_avg'
-  c.algorithm = _fields(mu=float, weighting=str)
+  c.algorithm = _fields(mu=float, weighting=str, personal_layers=tuple, num_personal_layers=int)
 
   c.client_tx_name = 'sgd'
   c.client_tx = _fields(learning_rate=float, momentum=float, b1=float, b2=float, eps=float)

@@ -10,9 +10,9 @@ from fedcomp.core.losses import classification_loss
 
 
 def linear_apply(params, x, *, train=False, key=None):
-  """Logits = flattened x @ w: a model whose gradients are easy to check by hand."""
+  """Logits = flattened x @ w (+ b if present): gradients easy to check by hand."""
   del train, key
-  return x.reshape(x.shape[0], -1) @ params['w']
+  return x.reshape(x.shape[0], -1) @ params['w'] + params.get('b', 0.0)
 
 
 def random_clients(num, pad, sizes, seed=0, features=5, classes=3):
@@ -54,9 +54,17 @@ def engine_for(
   )
 
 
-def run_rounds(eng, x, y, mask, ids, rounds=2, seed=0, init_scale=0.1):
+def linear_params(features, init_scale=0.1, bias=False):
+  """Params of linear_apply for 3 classes: w filled with init_scale, b = 0 if asked."""
+  params = {'w': jnp.full((features, 3), init_scale, jnp.float32)}
+  if bias:
+    params['b'] = jnp.zeros((3,), jnp.float32)
+  return params
+
+
+def run_rounds(eng, x, y, mask, ids, rounds=2, seed=0, init_scale=0.1, bias=False):
   """Runs `rounds` rounds of the same cohort; returns (server, table, last metrics)."""
-  server, table = eng.init({'w': jnp.full((x[0, 0].size, 3), init_scale, jnp.float32)})
+  server, table = eng.init(linear_params(x[0, 0].size, init_scale, bias))
   metrics = None
   for r in range(rounds):
     cohort = eng.put_cohort(np.asarray(ids), x, y, mask)

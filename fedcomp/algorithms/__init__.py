@@ -5,11 +5,13 @@
 transformations built from the config.
 """
 
-from fedcomp.algorithms import fed_avg, fed_prox
+from fedcomp.algorithms import fed_avg, fed_per, fed_prox, scaffold
 
 ALGORITHMS = {
   'fed_avg': fed_avg.make,
+  'fed_per': fed_per.make,
   'fed_prox': fed_prox.make,
+  'scaffold': scaffold.make,
 }
 
 __all__ = ['ALGORITHMS']

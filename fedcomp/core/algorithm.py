@@ -46,6 +46,11 @@ class FederatedAlgorithm(NamedTuple):
       ClientOutput.
     server_update: (server_state, mean_update) -> server state.
     server_params: server_state -> the global model params to evaluate.
+    personal_params: optional (server_state, client_row) -> the params a client
+      deploys (personalised algorithms); None when every client uses the global model.
+    global_params: optional (server_state, client_table) -> the global model to
+      evaluate when it is assembled from client state (e.g. FedPer's averaged head);
+      None means server_params.
   """
 
   server_init: Callable[[PyTree], PyTree]
@@ -55,3 +60,5 @@ class FederatedAlgorithm(NamedTuple):
   client_final: Callable[[PyTree, PyTree, PyTree, jax.Array], ClientOutput]
   server_update: Callable[[PyTree, PyTree], PyTree]
   server_params: Callable[[PyTree], PyTree]
+  personal_params: Callable[[PyTree, PyTree], PyTree] | None = None
+  global_params: Callable[[PyTree, PyTree], PyTree] | None = None

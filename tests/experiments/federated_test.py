@@ -100,7 +100,7 @@ BAD_INPUTS = [
   ({'model_name': 'vit'}, r"config.model_name='vit' is unknown; known: cnn, mlp, simple_cnn"),
   (
     {'algorithm_name': 'fedx'},
-    r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_prox",
+    r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_per, fed_prox, scaffold",
   ),
   ({'client_tx_name': 'sgdd'}, r"config.client_tx_name='sgdd' is unknown; known: "),
   ({'server_tx_name': 'adamm'}, r"config.server_tx_name='adamm' is unknown; known: "),
@@ -115,6 +115,13 @@ BAD_INPUTS = [
   ({'partition.num_clients': 5000, 'cohort_size': 4}, r'config.partition.* no examples'),
   ({'data.path': '/tmp'}, r"config.data.path is set but data source 'digits' does not take it"),
   ({'client_parallelism': 'pmap'}, r"config.client_parallelism='pmap' is unknown"),
+  ({'shared_data.alpha': 0.5}, r'config.shared_data.alpha=0.5 needs a shared set'),
+  ({'shared_data.beta': 1.5}, r'config.shared_data.beta=1.5 must be in \[0, 1\)'),
+  ({'train_examples': -3}, r'config.train_examples=-3 must be None \(all\) or a positive'),
+  (
+    {'algorithm_name': 'fed_per', 'algorithm.personal_layers': ('head/.*',)},
+    r"config.algorithm.personal_layers: 'head/\.\*' matches no parameter",
+  ),
 ]
 
 

@@ -27,7 +27,7 @@ def test_matches_lax_conv(shape):
 
 def test_cnn_gives_the_same_logits_and_gradients_with_either_impl():
   x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
-  xla = models.build_model('cnn', {}, (28, 28, 1), 10, seed=0)
+  xla = models.build_model('cnn', {'conv_impl': 'xla'}, (28, 28, 1), 10, seed=0)
   col = models.build_model('cnn', {'conv_impl': 'im2col'}, (28, 28, 1), 10, seed=0)
   for a, b in zip(jax.tree.leaves(xla.params), jax.tree.leaves(col.params)):
     np.testing.assert_array_equal(a, b)
@@ -41,5 +41,29 @@ def test_cnn_gives_the_same_logits_and_gradients_with_either_impl():
 
 
 def test_unknown_impl_names_the_key():
-  with pytest.raises(ConfigError, match=r"config.model.conv_impl='fft' is unknown; known: xla"):
+  known = r"config.model.conv_impl='fft' is unknown; known: auto, xla, im2col"
+  with pytest.raises(ConfigError, match=known):
     models.build_model('cnn', {'conv_impl': 'fft'}, (28, 28, 1), 10, seed=0)
+
+
+@pytest.mark.parametrize('conv_impl', ['xla', 'im2col'])
+def test_bfloat16_compute_keeps_float32_params_and_logits(conv_impl):
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+  f32 = models.build_model('cnn', {'conv_impl': conv_impl}, (28, 28, 1), 10, seed=0)
+  bf16 = models.build_model(
+    'cnn', {'conv_impl': conv_impl, 'compute_dtype': 'bfloat16'}, (28, 28, 1), 10, seed=0
+  )
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(bf16.params))
+  want, got = f32.apply(f32.params, x), bf16.apply(bf16.params, x)
+  assert got.dtype == np.float32
+  # bf16 keeps 8 mantissa bits: logits agree to about 1% of their scale, not to f32 precision.
+  scale = float(np.abs(want).max())
+  err = float(np.abs(got - want).max())
+  assert 1e-6 * scale < err < 2e-2 * scale
+  grads = jax.grad(lambda p: bf16.apply(p, x).sum())(bf16.params)
+  assert all(g.dtype == np.float32 for g in jax.tree.leaves(grads))
+
+
+def test_unknown_compute_dtype_names_the_key():
+  with pytest.raises(ConfigError, match=r"config.model.compute_dtype='float16' is unknown"):
+    models.build_model('cnn', {'compute_dtype': 'float16'}, (28, 28, 1), 10, seed=0)

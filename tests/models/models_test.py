@@ -98,7 +98,7 @@ def test_unknown_model_name_lists_known():
 def test_unknown_kwarg_names_config_key():
   with pytest.raises(
     ConfigError,
-    match=r'config\.model\.hidden is set .*takes: features, dense, dropout, conv_impl\)$',
+    match=r'config\.model\.hidden is set .*: features, dense, dropout, conv_impl, compute_dtype\)$',
   ):
     build_model('cnn', {'hidden': (10,), 'dense': None}, *DIGITS, seed=0)
   with pytest.raises(ConfigError, match=r'config\.model\.rngs'):
