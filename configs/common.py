@@ -106,14 +106,33 @@ def federated_config() -> ml_collections.ConfigDict:
 
   c.model_name = 'mlp'
   c.model = _fields(
-    hidden=tuple, features=tuple, dense=int, dropout=tuple, conv_impl=str, compute_dtype=str
+    hidden=tuple,
+    features=tuple,
+    dense=int,
+    dropout=tuple,
+    conv_impl=str,
+    compute_dtype=str,
+    encoder=tuple,
   )
 
   c.algorithm_name = 'fed_avg'
   c.algorithm = _fields(mu=float, weighting=str, personal_layers=tuple, num_personal_layers=int)
 
   c.client_tx_name = 'sgd'
-  c.client_tx = _fields(learning_rate=float, momentum=float, b1=float, b2=float, eps=float)
+  c.client_tx = _fields(
+    learning_rate=float,
+    momentum=float,
+    b1=float,
+    b2=float,
+    eps=float,
+    # fishleg
+    damping=float,
+    aux_learning_rate=float,
+    aux_every=int,
+    u_sampling=str,
+    sgd_learning_rate=float,
+    initial_scale=float,
+  )
   c.client_tx.learning_rate = 0.1
   c.server_tx_name = 'sgd'
   c.server_tx = _fields(learning_rate=float, momentum=float, b1=float, b2=float, eps=float)

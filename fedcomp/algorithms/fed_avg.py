@@ -41,6 +41,30 @@ def client_weight(weighting: str, num_examples: jax.Array) -> jax.Array:
   return n if weighting == 'examples' else (n > 0).astype(jnp.float32)
 
 
+def optimizer_update(tx, grads, opt_state, params, sampled_nll, batch, key):
+  """tx.update, passing `nll_fn` and `key` to optimizers that take extra arguments.
+
+  Args:
+    tx: the optax transformation.
+    grads: the gradients.
+    opt_state: its state.
+    params: the current params.
+    sampled_nll: None, or (params, batch, key) -> NLL of model-sampled targets.
+    batch: the minibatch the gradients came from.
+    key: randomness for the sampled targets.
+
+  Returns:
+    (updates, new opt_state).
+  """
+  if sampled_nll is None or not isinstance(tx, optax.GradientTransformationExtraArgs):
+    return tx.update(grads, opt_state, params)
+
+  def nll_fn(p, k):
+    return sampled_nll(p, batch, k)
+
+  return tx.update(grads, opt_state, params, nll_fn=nll_fn, key=key)
+
+
 def check_weighting(weighting: str) -> None:
   if weighting not in WEIGHTINGS:
     raise ConfigError(
@@ -55,6 +79,8 @@ def make(
   server_tx: optax.GradientTransformation,
   weighting: str = 'examples',
   proximal_mu: float = 0.0,
+  keep_client_opt_state: bool = False,
+  sampled_nll: Callable | None = None,
 ) -> FederatedAlgorithm:
   """Builds FedAvg (and, with proximal_mu > 0, FedProx's local objective).
 
@@ -65,6 +91,12 @@ def make(
     weighting: 'examples' (each client weighted by its example count) or
       'uniform'.
     proximal_mu: FedProx's μ: adds μ/2·‖w − w_server‖² to the local loss.
+    keep_client_opt_state: keep each client's optimizer state (e.g. FishLeg's λ,
+      Adam's moments) in its row of the per-client state table across rounds,
+      instead of a fresh state every round (config.algorithm.keep_client_opt_state).
+    sampled_nll: (params, batch, key) -> NLL of model-sampled targets, passed to the
+      client optimizer as `nll_fn` with a `key` (curvature-aware optimizers such as
+      FishLeg); the federated trainer sets it.
 
   Returns:
     The FederatedAlgorithm.
@@ -88,18 +120,23 @@ def make(
     return ServerState(params, server_tx.init(params))
 
   def client_init(server, row, key):
-    del row, key
-    return LocalState(server.params, client_tx.init(server.params), server.params)
+    del key
+    opt_state = row if keep_client_opt_state else client_tx.init(server.params)
+    return LocalState(server.params, opt_state, server.params)
 
   def client_step(local, batch, key):
     grads, stats = grad_fn(local.params, local.anchor, batch, key)
-    updates, opt_state = client_tx.update(grads, local.opt_state, local.params)
+    k_fisher = jax.random.fold_in(key, 1)  # the loss's key stays as it was
+    updates, opt_state = optimizer_update(
+      client_tx, grads, local.opt_state, local.params, sampled_nll, batch, k_fisher
+    )
     params = optax.apply_updates(local.params, updates)
     return LocalState(params, opt_state, local.anchor), stats
 
   def client_final(server, local, row, num_examples):
     delta = jax.tree.map(lambda s, p: s - p, server.params, local.params)
-    return ClientOutput(delta, client_weight(weighting, num_examples), row)
+    new_row = local.opt_state if keep_client_opt_state else row
+    return ClientOutput(delta, client_weight(weighting, num_examples), new_row)
 
   def server_update(server, mean_delta):
     updates, opt_state = server_tx.update(mean_delta, server.opt_state, server.params)
@@ -107,7 +144,7 @@ def make(
 
   return FederatedAlgorithm(
     server_init=server_init,
-    client_state_init=lambda params: {},
+    client_state_init=lambda params: client_tx.init(params) if keep_client_opt_state else {},
     client_init=client_init,
     client_step=client_step,
     client_final=client_final,

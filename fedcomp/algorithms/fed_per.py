@@ -64,6 +64,7 @@ def make(
   personal_layers: Sequence[str] | None = None,
   num_personal_layers: int = 1,
   weighting: str = 'examples',
+  sampled_nll: Callable | None = None,
 ) -> FederatedAlgorithm:
   """Builds FedPer.
 
@@ -76,6 +77,7 @@ def make(
     num_personal_layers: with personal_layers unset, the last this many layers are
       personal (config.algorithm.num_personal_layers; K_P in the paper).
     weighting: 'examples' or 'uniform' aggregation of the bases.
+    sampled_nll: passed to fed_avg.make (curvature-aware client optimizers).
 
   Returns:
     The FederatedAlgorithm; its table row is the list of personal leaves.
@@ -87,7 +89,11 @@ def make(
       f'config.algorithm.num_personal_layers={num_personal_layers!r} must be an int >= 1'
     )
   base = fed_avg.make(
-    loss_fn=loss_fn, client_tx=client_tx, server_tx=server_tx, weighting=weighting
+    loss_fn=loss_fn,
+    client_tx=client_tx,
+    server_tx=server_tx,
+    weighting=weighting,
+    sampled_nll=sampled_nll,
   )
 
   def mask_of(params):

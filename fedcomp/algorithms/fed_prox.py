@@ -19,6 +19,7 @@ def make(
   server_tx: optax.GradientTransformation,
   mu: float = 0.01,
   weighting: str = 'examples',
+  sampled_nll: Callable | None = None,
 ) -> FederatedAlgorithm:
   """Builds FedProx.
 
@@ -28,10 +29,16 @@ def make(
     server_tx: the server optimizer.
     mu: the proximal coefficient μ ≥ 0 (μ = 0 is FedAvg).
     weighting: 'examples' or 'uniform'.
+    sampled_nll: passed to fed_avg.make (curvature-aware client optimizers).
 
   Returns:
     The FederatedAlgorithm.
   """
   return fed_avg.make(
-    loss_fn=loss_fn, client_tx=client_tx, server_tx=server_tx, weighting=weighting, proximal_mu=mu
+    loss_fn=loss_fn,
+    client_tx=client_tx,
+    server_tx=server_tx,
+    weighting=weighting,
+    proximal_mu=mu,
+    sampled_nll=sampled_nll,
   )

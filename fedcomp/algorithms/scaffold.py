@@ -51,6 +51,7 @@ def make(
   server_tx: optax.GradientTransformation,
   weighting: str = 'uniform',
   cohort_fraction: float = 1.0,
+  sampled_nll: Callable | None = None,
 ) -> FederatedAlgorithm:
   """Builds SCAFFOLD.
 
@@ -62,6 +63,7 @@ def make(
       'uniform' as in the paper, or 'examples'.
     cohort_fraction: |S|/N, the cohort's share of the population; the federated
       trainer sets it from config.cohort_size / config.partition.num_clients.
+    sampled_nll: see fed_avg.make (curvature-aware client optimizers).
 
   Returns:
     The FederatedAlgorithm; its table row is the client's control variate c_i.
@@ -86,7 +88,15 @@ def make(
   def client_step(local, batch, key):
     grads, stats = grad_fn(local.params, batch, key)
     corrected = jax.tree.map(jnp.add, grads, local.correction)
-    updates, opt_state = client_tx.update(corrected, local.opt_state, local.params)
+    updates, opt_state = fed_avg.optimizer_update(
+      client_tx,
+      corrected,
+      local.opt_state,
+      local.params,
+      sampled_nll,
+      batch,
+      jax.random.fold_in(key, 1),
+    )
     params = optax.apply_updates(local.params, updates)
     grad_sum = jax.tree.map(jnp.add, local.grad_sum, grads)
     return LocalState(params, opt_state, local.correction, grad_sum, local.steps + 1), stats

@@ -2,13 +2,19 @@
 
 from fedcomp.core.algorithm import ClientOutput, FederatedAlgorithm
 from fedcomp.core.engine import RoundEngine, local_batches
-from fedcomp.core.losses import classification_loss, evaluate_clients_fn, evaluate_fn
+from fedcomp.core.losses import (
+  classification_loss,
+  classification_sampled_nll,
+  evaluate_clients_fn,
+  evaluate_fn,
+)
 
 __all__ = [
   'ClientOutput',
   'FederatedAlgorithm',
   'RoundEngine',
   'classification_loss',
+  'classification_sampled_nll',
   'evaluate_clients_fn',
   'evaluate_fn',
   'local_batches',

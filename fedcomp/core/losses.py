@@ -33,6 +33,27 @@ def classification_loss(apply: Callable) -> Callable:
   return loss_fn
 
 
+def classification_sampled_nll(apply: Callable) -> Callable:
+  """(params, batch, key) -> mean cross-entropy of labels sampled from the model.
+
+  The samples carry no gradient, so Hessian-vector products of this function are
+  unbiased Fisher-vector products (what FishLeg's auxiliary loss needs).
+  Padded rows (batch['mask'] False) do not count.
+  """
+
+  def nll(params, batch, key):
+    k_model, k_label = jax.random.split(key)
+    # The training-mode forward (dropout, and on CPU im2col convolutions, whose
+    # second derivatives stay fast inside loops).
+    logits = apply(params, batch['x'], train=True, key=k_model)
+    y = jax.lax.stop_gradient(jax.random.categorical(k_label, logits))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    m = batch['mask'].astype(ce.dtype)
+    return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+  return nll
+
+
 def _masked_sums(apply, params, x, y, mask):
   """(cross-entropy sum, correct count) over the rows of (x, y) where mask is True."""
   logits = apply(params, x, train=False)

@@ -28,6 +28,7 @@ from fedcomp.core import (
   FederatedAlgorithm,
   RoundEngine,
   classification_loss,
+  classification_sampled_nll,
   evaluate_clients_fn,
   evaluate_fn,
 )
@@ -285,8 +286,13 @@ def build(config: ml_collections.ConfigDict) -> Setup:
   alg_kwargs = check_kwargs(
     make_algorithm, config.algorithm, 'algorithm', f'algorithm {config.algorithm_name!r}'
   )
-  if 'cohort_fraction' in inspect.signature(make_algorithm).parameters:  # e.g. SCAFFOLD's |S|/N
+  # What the trainer supplies to algorithms that take it: SCAFFOLD's |S|/N, and the NLL of
+  # model-sampled labels for curvature-aware client optimizers (FishLeg's Fisher products).
+  takes = inspect.signature(make_algorithm).parameters
+  if 'cohort_fraction' in takes:
     alg_kwargs['cohort_fraction'] = config.cohort_size / fd.num_clients
+  if 'sampled_nll' in takes:
+    alg_kwargs['sampled_nll'] = classification_sampled_nll(model.apply)
   algorithm = make_algorithm(
     loss_fn=classification_loss(model.apply),
     client_tx=client_tx,

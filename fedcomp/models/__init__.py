@@ -13,11 +13,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fedcomp.models import cnn, mlp, simple_cnn
+from fedcomp.models import autoencoder, cnn, mlp, simple_cnn
 from fedcomp.models.flops import count_matmul_flops
 from fedcomp.registry import check_kwargs, lookup
 
-MODELS = {'mlp': mlp.Model, 'cnn': cnn.Model, 'simple_cnn': simple_cnn.Model}
+MODELS = {
+  'autoencoder': autoencoder.Model,
+  'cnn': cnn.Model,
+  'mlp': mlp.Model,
+  'simple_cnn': simple_cnn.Model,
+}
 
 _NOT_OPTIONS = ('self', 'input_shape', 'num_classes', 'rngs')
 _FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}

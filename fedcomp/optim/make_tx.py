@@ -14,12 +14,36 @@ from typing import Any
 
 import optax
 
+from fedcomp.optim import fishleg_transform
 from fedcomp.registry import ConfigError, check_kwargs, lookup
 
 
 def _momentum(learning_rate: float, momentum: float = 0.9, nesterov: bool = False):
   """SGD with heavy-ball momentum (FedAvgM on the server)."""
   return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+
+
+def _fishleg(
+  learning_rate: float,
+  momentum: float = 0.9,
+  damping: float = 1e-3,
+  aux_learning_rate: float = 1e-4,
+  aux_every: int = 10,
+  u_sampling: str = 'gradient',
+  sgd_learning_rate: float | None = None,
+  initial_scale: float | None = None,
+):
+  """FishLeg (fedcomp.optim.fishleg_transform.fishleg) with its config-settable arguments."""
+  return fishleg_transform.fishleg(
+    learning_rate,
+    momentum=momentum,
+    sgd_learning_rate=sgd_learning_rate,
+    damping=damping,
+    aux_learning_rate=aux_learning_rate,
+    aux_every=aux_every,
+    u_sampling=u_sampling,
+    initial_scale=initial_scale,
+  )
 
 
 OPTIMIZERS = {
@@ -33,6 +57,7 @@ OPTIMIZERS = {
   'lamb': optax.lamb,
   'lion': optax.lion,
   'adafactor': optax.adafactor,
+  'fishleg': _fishleg,
 }
 
 

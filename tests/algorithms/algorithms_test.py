@@ -75,3 +75,30 @@ def test_uniform_weighting_averages_clients_equally():
   server = run_rounds(eng, x, y, mask, [0, 1], rounds=1, init_scale=0.0)[0]
   want = [[1 / 2, -1 / 4, -1 / 4], [1 / 12, 1 / 12, -1 / 6]]
   np.testing.assert_allclose(server.params['w'], want, atol=1e-6)
+
+
+def _fishleg_engine(num_devices=1, **kw):
+  from fl_testing import linear_apply
+
+  from fedcomp.core.losses import classification_sampled_nll
+  from fedcomp.optim import fishleg
+
+  def make(**alg_kwargs):
+    alg_kwargs['client_tx'] = fishleg(0.1, momentum=0.0, damping=0.5, aux_every=1)
+    return ALGORITHMS['fed_avg'](sampled_nll=classification_sampled_nll(linear_apply), **alg_kwargs)
+
+  return engine_for(make, num_devices, **kw)
+
+
+def test_fishleg_clients_vmapped_sharded_and_stateful(clients):
+  """FishLeg as the client optimizer: each client its own λ, kept in the table."""
+  eng = _fishleg_engine(keep_client_opt_state=True)
+  cohort = [a[[0, 2]] for a in clients]
+  server, table, metrics = run_rounds(eng, *cohort, [0, 2], rounds=2)
+  assert np.isfinite(float(metrics['train/loss']))
+  counts = np.asarray(table[0].count)  # scale_by_fishleg's step counter, per client
+  assert counts[1] == counts[3] == 0 and counts[0] == 2 * 3 and counts[2] == 2 * 3
+  lam = jax.tree.leaves(table[0].lam)
+  assert not np.allclose(lam[0][0], lam[0][2])  # clients learn their own Q
+  eight = run_rounds(_fishleg_engine(8, keep_client_opt_state=True), *cohort, [0, 2], rounds=2)
+  np.testing.assert_allclose(server.params['w'], eight[0].params['w'], rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@
 import importlib
 import os
 
+import numpy as np
 import pytest
 
 from configs import common
@@ -16,6 +17,8 @@ CONFIG_ARGS = {
   'noniid': ['partition=1class,beta=0.1,alpha=0.5,runlocal', 'partition=2class,runlocal'],
   'fedper': ['classes_per_client=2,runlocal', 'algorithm=scaffold,runlocal'],
   'divergence': ['runlocal'],
+  'fishleg_autoencoder': ['runlocal', 'model=cnn,runlocal'],
+  'fishleg_fl': ['client=fishleg,runlocal', 'client=fishleg,keep_state=true,runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 
@@ -31,6 +34,10 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
   if config.data_name == 'idx' and not os.path.exists(config.data.path):
     pytest.skip(f'{config.data.path} missing (apt-get install dataset-fashion-mnist)')
   summary = get_run(config.experiment)(config, str(tmp_path))
+  if config.experiment == 'optimizers':
+    assert set(summary['best']) == {'fishleg', 'adam', 'momentum'}
+    assert all(np.isfinite(b['final_loss']) for b in summary['best'].values())
+    return
   if config.experiment == 'divergence':
     assert set(summary['partitions']) == {'iid', '1class'}
     assert -1.0 <= summary['spearman_emd_divergence'] <= 1.0

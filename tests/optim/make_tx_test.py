@@ -1,5 +1,6 @@
 """Optimizers by name."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from fedcomp.registry import ConfigError
 def test_every_optimizer_builds_and_steps(name):
   tx = make_tx(name, {'learning_rate': 0.1, 'b1': None}, 'client_tx')
   params = {'w': jnp.ones(3)}
-  updates, _ = tx.update({'w': jnp.ones(3)}, tx.init(params), params)
+  extra = {}
+  if name == 'fishleg':  # curvature from the NLL of model-sampled targets
+    extra = {'nll_fn': lambda p, k: 0.5 * jnp.sum(p['w'] ** 2), 'key': jax.random.key(0)}
+  updates, _ = tx.update({'w': jnp.ones(3)}, tx.init(params), params, **extra)
   assert np.all(np.asarray(updates['w']) < 0)  # a descent direction for a positive gradient
 
 

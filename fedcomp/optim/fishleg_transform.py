@@ -1,0 +1,394 @@
+"""FishLeg: a learned inverse Fisher Q(λ) ≈ (F + γI)⁻¹ as optax transforms.
+
+`scale_by_fishleg` returns Q(λ)·g and, every `aux_every` steps, takes one step
+of its own optax optimizer (Adam by default) on the auxiliary loss
+
+  A(λ; u) = ½ uᵀ Q(λ) F_γ Q(λ) u − uᵀ Q(λ) u,   F_γ = F + γI,
+
+whose minimiser over symmetric positive definite Q is F_γ⁻¹ for every u. Its
+gradient is (∂(Q(λ)u)/∂λ)ᵀ (F_γ Q u − u), computed with one vector-Jacobian
+product through Q and one Fisher-vector product. The Fisher-vector product is a
+Hessian-vector product of the negative log-likelihood of targets sampled from
+the model (E_y~p_θ[∇²(−log p(y|x, θ))] = F), which the caller supplies as the
+keyword-only extra argument `nll_fn(params, key)` together with a `key`:
+
+  tx = fishleg(learning_rate=0.05, damping=1e-3)
+  state = tx.init(params)
+  nll = sampled_nll(apply, batch_x)                     # or any (params, key) -> scalar
+  updates, state = tx.update(grads, state, params, nll_fn=nll, key=key)
+  params = optax.apply_updates(params, updates)
+
+Q(λ) is a block-diagonal model over parameter groups chosen by (regex, block)
+pairs on leaf paths (fedcomp.optim.fishleg_blocks): by default Kronecker-factored
+blocks for dense and conv kernels (with their bias folded in as an extra input
+row) and diagonal blocks for every other leaf (biases without a kernel,
+normalisation scales); a kernel whose Kronecker factors would exceed
+`max_factor_size` rows falls back to a diagonal block.
+
+References: Garcia, Freddi, Fotiadis, Li, Vakili, Bernacchia, Hennequin 2023,
+"Fisher-Legendre (FishLeg) optimization of deep neural networks" (ICLR).
+"""
+
+import functools
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedcomp.errors import ConfigError
+from fedcomp.optim import fishleg_blocks
+from fedcomp.utils.param_paths import leaf_paths
+
+PyTree = Any
+U_SAMPLING = ('gradient', 'gaussian')
+
+
+class Group(NamedTuple):
+  """One block of Q: its kind and the indices (jax.tree.leaves order) of its leaves."""
+
+  kind: str
+  leaves: tuple[int, ...]
+
+
+def assign_blocks(
+  params: PyTree,
+  blocks: Sequence[tuple[str, str]] = (),
+  max_factor_size: int = 4096,
+) -> list[Group]:
+  """Groups the leaves of `params` into blocks.
+
+  Args:
+    params: the params pytree.
+    blocks: (regex, kind) pairs; the first regex that fully matches a leaf path
+      ('dense0/kernel') decides its kind. Unmatched leaves get the default: 'kron'
+      for rank-2 and rank-4 leaves named 'kernel', 'diag' otherwise. A kernel in a
+      'kron', 'full' or 'block' group takes its sibling 'bias' leaf along unless a
+      pair names the bias explicitly.
+    max_factor_size: a default 'kron' kernel whose input or output factor would
+      have more rows falls back to 'diag' (explicit pairs are obeyed).
+
+  Returns:
+    The groups, each leaf in exactly one.
+  """
+  paths = leaf_paths(params)
+  shapes = [jnp.shape(x) for x in jax.tree.leaves(params)]
+  compiled = []
+  for pattern, kind in blocks:
+    if kind not in fishleg_blocks.BLOCKS:
+      known = ', '.join(fishleg_blocks.BLOCKS)
+      raise ConfigError(f'FishLeg block {kind!r} (for {pattern!r}) is unknown; known: {known}')
+    compiled.append((re.compile(pattern), kind))
+
+  def explicit(i):
+    return next((kind for regex, kind in compiled if regex.fullmatch(paths[i])), None)
+
+  groups, taken = [], set()
+  is_kernel_leaf = [
+    p.rsplit('/', 1)[-1] == 'kernel' and len(s) in (2, 4) for p, s in zip(paths, shapes)
+  ]
+  # Kernels first, so that they claim their biases; then every other leaf.
+  order = [i for i in range(len(paths)) if is_kernel_leaf[i]]
+  order += [i for i in range(len(paths)) if not is_kernel_leaf[i]]
+  for i in order:
+    path = paths[i]
+    if i in taken:
+      continue
+    kind = explicit(i)
+    is_kernel = is_kernel_leaf[i]
+    if kind is None:
+      kind = 'kron' if is_kernel else 'diag'
+      rows = (shapes[i][-1], math.prod(shapes[i][:-1]) + 1) if is_kernel else ()
+      if kind == 'kron' and max(rows) > max_factor_size:
+        kind = 'diag'
+    if kind == 'kron' and not is_kernel:
+      raise ConfigError(f'FishLeg block kron needs a rank-2 or rank-4 kernel; {path} is not')
+    members = [i]
+    if is_kernel and fishleg_blocks.BLOCKS[kind].takes_bias:
+      bias = path[: -len('kernel')] + 'bias'
+      if bias in paths:
+        j = paths.index(bias)
+        if explicit(j) in (None, kind) and j not in taken:
+          members.append(j)
+    taken.update(members)
+    groups.append(Group(kind, tuple(members)))
+  return groups
+
+
+class InverseFisher(NamedTuple):
+  """Q(λ) over a params structure: the groups, their block functions and shapes."""
+
+  groups: tuple[Group, ...]
+  treedef: Any
+  shapes: tuple[tuple[int, ...], ...]
+  block_size: int
+
+  def _fns(self, kind):
+    block = fishleg_blocks.BLOCKS[kind]
+    if kind == 'block':
+      return block._replace(init=functools.partial(block.init, block_size=self.block_size))
+    return block
+
+  def _group_shapes(self, g):
+    return [self.shapes[i] for i in g.leaves]
+
+  def init(self, scale) -> tuple:
+    """λ with Q(λ) = scale · I."""
+    return tuple(self._fns(g.kind).init(self._group_shapes(g), scale) for g in self.groups)
+
+  def _apply(self, fn_name, lam, tree=None):
+    leaves = None if tree is None else jax.tree.leaves(tree)
+    out = [None] * len(self.shapes)
+    for g, lam_g in zip(self.groups, lam):
+      fn = getattr(self._fns(g.kind), fn_name)
+      if leaves is None:
+        res = fn(lam_g, self._group_shapes(g))
+      else:
+        res = fn(lam_g, [leaves[i] for i in g.leaves], self._group_shapes(g))
+      for i, r in zip(g.leaves, res):
+        out[i] = r
+    return jax.tree.unflatten(self.treedef, out)
+
+  def matvec(self, lam, v: PyTree) -> PyTree:
+    """Q(λ)·v for a params-shaped v."""
+    return self._apply('matvec', lam, v)
+
+  def diagonal(self, lam) -> PyTree:
+    """diag(Q(λ)), params-shaped, in closed form."""
+    return self._apply('diagonal', lam)
+
+  def dense(self, lam) -> jax.Array:
+    """Q(λ) as a matrix over ravel_pytree(params) order (small models and tests)."""
+    sizes = [math.prod(s) for s in self.shapes]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    n = sum(sizes)
+    q = jnp.zeros((n, n), jnp.float32)
+    for g, lam_g in zip(self.groups, lam):
+      block = self._fns(g.kind).dense(lam_g, self._group_shapes(g))
+      idx = jnp.concatenate([jnp.arange(starts[i], starts[i] + sizes[i]) for i in g.leaves])
+      q = q.at[idx[:, None], idx[None, :]].set(block)
+    return q
+
+
+def inverse_fisher(
+  params: PyTree,
+  blocks: Sequence[tuple[str, str]] = (),
+  block_size: int = 50,
+  max_factor_size: int = 4096,
+) -> InverseFisher:
+  """The Q(λ) model for `params` (see assign_blocks for the arguments)."""
+  groups = assign_blocks(params, blocks, max_factor_size)
+  leaves, treedef = jax.tree.flatten(params)
+  shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+  return InverseFisher(tuple(groups), treedef, shapes, int(block_size))
+
+
+def sampled_nll(apply: Callable, x: jax.Array, mask: jax.Array | None = None) -> Callable:
+  """nll_fn(params, key) for a classifier: the mean cross-entropy of labels sampled
+  from the model's own predictive distribution (the samples carry no gradient).
+
+  Its Hessian-vector products are unbiased Fisher-vector products.
+
+  Args:
+    apply: apply(params, x, *, train, key) -> logits.
+    x: a batch of inputs.
+    mask: optional (B,) bool; masked rows do not count.
+
+  Returns:
+    nll_fn(params, key) -> scalar.
+  """
+
+  def nll(params, key):
+    k_model, k_label = jax.random.split(key)
+    logits = apply(params, x, train=True, key=k_model)  # the training-mode forward
+    y = jax.lax.stop_gradient(jax.random.categorical(k_label, logits))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    if mask is None:
+      return ce.mean()
+    m = mask.astype(ce.dtype)
+    return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+  return nll
+
+
+def bernoulli_sampled_nll(apply: Callable, x: jax.Array) -> Callable:
+  """nll_fn(params, key) for Bernoulli outputs (auto-encoders): targets sampled from
+  sigmoid(logits), summed over output units and averaged over the batch."""
+
+  def nll(params, key):
+    k_model, k_target = jax.random.split(key)
+    logits = apply(params, x, train=True, key=k_model)  # the training-mode forward
+    y = jax.lax.stop_gradient(jax.random.bernoulli(k_target, jax.nn.sigmoid(logits)))
+    return optax.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype)).sum(-1).mean()
+
+  return nll
+
+
+class ScaleByFishLegState(NamedTuple):
+  count: jax.Array  # int32 steps taken
+  lam: tuple  # λ, one entry per block group
+  aux_state: PyTree  # the aux optimizer's state on λ
+  grad_ema: PyTree  # EMA of gradients: u for u_sampling='gradient'
+  aux_loss: jax.Array  # A(λ; u) at the last aux step
+
+
+def _dot(a: PyTree, b: PyTree) -> jax.Array:
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def aux_loss_and_grad(
+  q: InverseFisher, lam, u: PyTree, fisher_vp: Callable[[PyTree], PyTree], damping
+) -> tuple[jax.Array, Any]:
+  """A(λ; u) and its gradient in λ, from one Fisher-vector product.
+
+  ∇_λ A = (∂(Q(λ)u)/∂λ)ᵀ (F_γ Q u − u): a vector-Jacobian product through Q.
+
+  Args:
+    q: the Q(λ) model.
+    lam: λ.
+    u: a params-shaped probe vector.
+    fisher_vp: v -> F·v (params-shaped).
+    damping: γ.
+
+  Returns:
+    (A(λ; u), ∇_λ A).
+  """
+  z, vjp = jax.vjp(lambda lam_: q.matvec(lam_, u), lam)
+  fz = jax.tree.map(lambda a, b: a + damping * b, fisher_vp(z), z)  # F_γ Q u
+  (grad,) = vjp(jax.lax.stop_gradient(jax.tree.map(jnp.subtract, fz, u)))
+  return 0.5 * _dot(z, fz) - _dot(u, z), grad
+
+
+def hessian_vector_product(fn: Callable, params: PyTree, v: PyTree) -> PyTree:
+  """∇²fn(params)·v by forward-over-reverse differentiation."""
+  return jax.jvp(jax.grad(fn), (params,), (v,))[1]
+
+
+def scale_by_fishleg(
+  damping: float = 1e-3,
+  aux_learning_rate: float = 1e-4,
+  aux_every: int = 10,
+  u_sampling: str = 'gradient',
+  initial_scale: float | None = None,
+  gradient_decay: float = 0.9,
+  blocks: Sequence[tuple[str, str]] = (),
+  block_size: int = 50,
+  max_factor_size: int = 4096,
+  aux_optimizer: Callable[[Any], optax.GradientTransformation] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Preconditions updates by FishLeg's learned inverse Fisher: returns Q(λ)·g.
+
+  Args:
+    damping: γ in F_γ = F + γI.
+    aux_learning_rate: learning rate of the aux optimizer on λ.
+    aux_every: λ takes one aux step every this many updates (at counts 0, k, 2k, ...).
+    u_sampling: 'gradient' (u = EMA of gradients, normalised, as in the paper) or
+      'gaussian' (u ~ N(0, I): fits the whole inverse, what pruning needs).
+    initial_scale: Q₀ = initial_scale · I; None means 1/damping (the inverse of the
+      damping-only Fisher).
+    gradient_decay: decay of the gradient EMA used for u.
+    blocks: (regex, kind) pairs over parameter paths; kinds 'kron', 'diag', 'full',
+      'block' (see assign_blocks).
+    block_size: block size of 'block' groups.
+    max_factor_size: default 'kron' kernels with a larger factor fall back to 'diag'.
+    aux_optimizer: learning_rate -> optax transformation for λ; None: optax.adam.
+
+  The numeric arguments damping, aux_learning_rate, aux_every, initial_scale and
+  gradient_decay work with optax.inject_hyperparams; the structural ones (blocks,
+  block_size, max_factor_size, u_sampling) go in its `static_args`.
+
+  Returns:
+    An optax.GradientTransformationExtraArgs whose update takes keyword-only
+    `nll_fn` ((params, key) -> scalar NLL of model-sampled targets) and `key` on the
+    steps where λ is updated (always pass them; other extra arguments are ignored).
+  """
+  if u_sampling not in U_SAMPLING:
+    raise ConfigError(f'u_sampling={u_sampling!r} is unknown; known: {", ".join(U_SAMPLING)}')
+  make_aux = aux_optimizer or optax.adam
+
+  def structure(params):
+    return inverse_fisher(params, blocks, block_size, max_factor_size)
+
+  def init_fn(params):
+    q = structure(params)
+    scale = 1.0 / damping if initial_scale is None else initial_scale
+    lam = q.init(jnp.asarray(scale, jnp.float32))
+    return ScaleByFishLegState(
+      count=jnp.zeros((), jnp.int32),
+      lam=lam,
+      aux_state=make_aux(aux_learning_rate).init(lam),
+      grad_ema=jax.tree.map(jnp.zeros_like, params),
+      aux_loss=jnp.zeros((), jnp.float32),
+    )
+
+  def aux_step(state, params, grad_ema, nll_fn, key):
+    q = structure(params)
+    k_u, k_y = jax.random.split(key)
+    if u_sampling == 'gradient':
+      norm = optax.tree.norm(grad_ema)
+      u = jax.tree.map(lambda g: g / jnp.maximum(norm, 1e-12), grad_ema)
+    else:
+      leaves, treedef = jax.tree.flatten(params)
+      keys = jax.random.split(k_u, len(leaves))
+      u = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, jnp.shape(p), jnp.float32) for k, p in zip(keys, leaves)]
+      )
+    fisher_vp = functools.partial(hessian_vector_product, lambda p: nll_fn(p, k_y), params)
+    aux_loss, grad_lam = aux_loss_and_grad(q, state.lam, u, fisher_vp, damping)
+    step, aux_state = make_aux(aux_learning_rate).update(grad_lam, state.aux_state, state.lam)
+    return optax.apply_updates(state.lam, step), aux_state, aux_loss.astype(jnp.float32)
+
+  def update_fn(updates, state, params=None, *, nll_fn=None, key=None, **extra):
+    del extra
+    if params is None or nll_fn is None or key is None:
+      raise ValueError(
+        'scale_by_fishleg.update needs params and the keyword arguments nll_fn=(params, key) '
+        '-> negative log-likelihood of model-sampled targets, and key=a PRNG key'
+      )
+    grad_ema = jax.tree.map(
+      lambda m, g: gradient_decay * m + (1 - gradient_decay) * g, state.grad_ema, updates
+    )
+    lam, aux_state, aux_loss = jax.lax.cond(
+      state.count % aux_every == 0,
+      lambda: aux_step(state, params, grad_ema, nll_fn, key),
+      lambda: (state.lam, state.aux_state, state.aux_loss),
+    )
+    out = structure(params).matvec(lam, updates)
+    count = optax.safe_int32_increment(state.count)
+    return out, ScaleByFishLegState(count, lam, aux_state, grad_ema, aux_loss)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def fishleg(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float = 0.9,
+  sgd_learning_rate: float | None = None,
+  **kwargs,
+) -> optax.GradientTransformationExtraArgs:
+  """FishLeg: θ ← θ − η · EMA_β(Q(λ) g), the update of the official code.
+
+  Args:
+    learning_rate: η (or a schedule).
+    momentum: β of the exponential moving average of the preconditioned gradient
+      (0 disables it).
+    sgd_learning_rate: if set, Q₀ = (sgd_learning_rate / learning_rate) · I, so the
+      first steps equal SGD with that rate (the paper's initialisation); overrides
+      `initial_scale`.
+    **kwargs: the arguments of scale_by_fishleg.
+
+  Returns:
+    The chained optax.GradientTransformationExtraArgs (extra args as scale_by_fishleg).
+  """
+  if sgd_learning_rate is not None:
+    if callable(learning_rate):
+      raise ConfigError('sgd_learning_rate needs a constant learning_rate')
+    kwargs['initial_scale'] = sgd_learning_rate / learning_rate
+  parts = [scale_by_fishleg(**kwargs)]
+  if momentum:
+    parts.append(optax.ema(momentum, debias=False))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)

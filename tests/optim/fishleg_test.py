@@ -1,0 +1,222 @@
+"""FishLeg: blocks, the auxiliary loss, convergence to the inverse Fisher, optax contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from fedcomp.errors import ConfigError
+from fedcomp.optim import fishleg_transform as fishleg
+from fedcomp.utils.checkpoint import Checkpointer
+
+PARAMS = {
+  'conv0': {'bias': jnp.zeros(4), 'kernel': jnp.zeros((3, 3, 2, 4))},
+  'dense0': {'bias': jnp.zeros(3), 'kernel': jnp.zeros((5, 3))},
+  'norm': {'scale': jnp.zeros(6)},
+}
+
+
+def random_lam(q, seed=0):
+  """λ far from its identity initialisation, so every factor matters."""
+  lam = q.init(1.0)
+  leaves, treedef = jax.tree.flatten(lam)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(
+    treedef, [x + 0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  )
+
+
+@pytest.mark.parametrize(
+  'blocks',
+  [
+    (),  # kron for the kernels (bias folded in), diag for the scale
+    (('dense0/.*', 'full'), ('conv0/.*', 'block'), ('norm/.*', 'diag')),
+    (('.*', 'block'),),
+  ],
+)
+def test_blocks_matvec_diagonal_dense_agree(blocks):
+  q = fishleg.inverse_fisher(PARAMS, blocks, block_size=7)
+  lam = random_lam(q)
+  dense = q.dense(lam)
+  np.testing.assert_allclose(dense, dense.T, atol=1e-5)
+  assert np.linalg.eigvalsh(np.asarray(dense, np.float64)).min() > -1e-4  # PSD
+  v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), PARAMS)
+  flat_v, unravel = ravel_pytree(v)
+  got = ravel_pytree(q.matvec(lam, v))[0]
+  np.testing.assert_allclose(got, dense @ flat_v, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(ravel_pytree(q.diagonal(lam))[0], jnp.diag(dense), rtol=1e-5)
+
+
+def test_default_groups():
+  groups = fishleg.assign_blocks(PARAMS)
+  # Leaves in order: conv0/bias, conv0/kernel, dense0/bias, dense0/kernel, norm/scale.
+  assert sorted((g.kind, sorted(g.leaves)) for g in groups) == [
+    ('diag', [4]),
+    ('kron', [0, 1]),
+    ('kron', [2, 3]),
+  ]
+  small = fishleg.assign_blocks(PARAMS, max_factor_size=10)  # conv factor is 3*3*2+1 = 19
+  assert ('diag', (1,)) in [(g.kind, g.leaves) for g in small]
+
+
+def test_initial_q_is_scaled_identity():
+  q = fishleg.inverse_fisher(PARAMS)
+  np.testing.assert_allclose(q.dense(q.init(4.0)), 4.0 * np.eye(q.dense(q.init(1.0)).shape[0]))
+
+
+def test_bad_blocks():
+  with pytest.raises(ConfigError, match="FishLeg block 'kfac'.*known: kron, diag, full, block"):
+    fishleg.assign_blocks(PARAMS, (('.*', 'kfac'),))
+  with pytest.raises(ConfigError, match='kron needs a rank-2 or rank-4 kernel; norm/scale'):
+    fishleg.assign_blocks(PARAMS, (('norm/.*', 'kron'),))
+  with pytest.raises(ConfigError, match="u_sampling='normal' is unknown"):
+    fishleg.scale_by_fishleg(u_sampling='normal')
+
+
+def test_aux_gradient_equals_autodiff_of_the_dense_loss():
+  q = fishleg.inverse_fisher(PARAMS, (('dense0/.*', 'kron'), ('conv0/.*', 'block')), block_size=9)
+  lam = random_lam(q, seed=1)
+  n = q.dense(lam).shape[0]
+  m = jax.random.normal(jax.random.key(2), (n, n))
+  fisher = m @ m.T / n
+  gamma = 0.1
+  flat_u = jax.random.normal(jax.random.key(3), (n,))
+  _, unravel = ravel_pytree(PARAMS)
+  u = unravel(flat_u)
+
+  def dense_aux(lam_):
+    qd = q.dense(lam_)
+    return 0.5 * flat_u @ qd @ (fisher + gamma * jnp.eye(n)) @ qd @ flat_u - flat_u @ qd @ flat_u
+
+  def fisher_vp(v):
+    return unravel(fisher @ ravel_pytree(v)[0])
+
+  loss, grad = fishleg.aux_loss_and_grad(q, lam, u, fisher_vp, gamma)
+  want_loss, want_grad = jax.value_and_grad(dense_aux)(lam)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-4)
+  for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(g, w, rtol=2e-3, atol=2e-4)
+
+
+def test_q_converges_to_the_damped_inverse_fisher_of_a_linear_gaussian_layer():
+  """y = xW + ε with fixed inputs: the NLL's Hessian is exactly Σ ⊗ I (Σ = XᵀX/N)."""
+  d_in, d_out, n, gamma = 8, 3, 400, 1e-2
+  rng = np.random.default_rng(0)
+  basis = np.linalg.qr(rng.normal(size=(d_in, d_in)))[0]
+  x = rng.normal(size=(n, d_in)) @ np.diag(1 / np.arange(1, d_in + 1)) @ basis.T
+  x = jnp.asarray(x, jnp.float32)
+  params = {'dense': {'kernel': jnp.zeros((d_in, d_out))}}
+
+  def nll_fn(p, key):
+    y = jax.random.normal(key, (n, d_out))  # model samples; the Hessian does not depend on them
+    return 0.5 * jnp.sum((x @ p['dense']['kernel'] - y) ** 2) / n
+
+  tx = fishleg.scale_by_fishleg(
+    damping=gamma,
+    aux_every=1,
+    u_sampling='gaussian',
+    initial_scale=1.0,
+    aux_learning_rate=1e-2,
+    aux_optimizer=lambda lr: optax.adam(optax.exponential_decay(lr, 1000, 0.5)),
+  )
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  @jax.jit
+  def run(state):
+    def step(state, key):
+      return tx.update(zeros, state, params, nll_fn=nll_fn, key=key)[1], None
+
+    return jax.lax.scan(step, state, jax.random.split(jax.random.key(0), 4000))[0]
+
+  state = run(state)
+  sigma = np.asarray(x.T @ x / n, np.float64)
+  want = np.kron(np.linalg.inv(sigma + gamma * np.eye(d_in)), np.eye(d_out))
+  q = fishleg.inverse_fisher(params)
+  got = np.asarray(q.dense(state.lam), np.float64)
+  assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+  v = rng.normal(size=d_in * d_out)
+  cos = (got @ v) @ (want @ v) / np.linalg.norm(got @ v) / np.linalg.norm(want @ v)
+  assert cos > 0.999
+
+
+def quadratic_problem():
+  params = {'dense0': {'bias': jnp.zeros(3), 'kernel': jnp.ones((4, 3))}}
+  x = jax.random.normal(jax.random.key(0), (16, 4))
+
+  def apply(p, x, *, train=False, key=None):
+    return x @ p['dense0']['kernel'] + p['dense0']['bias']
+
+  grads = jax.grad(lambda p: jnp.sum(apply(p, x) ** 2))(params)
+  return params, grads, fishleg.sampled_nll(apply, x)
+
+
+def test_optax_contract_jit_chain_no_recompile_and_extra_args():
+  params, grads, nll = quadratic_problem()
+  tx = optax.chain(optax.clip_by_global_norm(10.0), fishleg.fishleg(0.1, damping=0.1, aux_every=2))
+  state = jax.jit(tx.init)(params)
+
+  @jax.jit
+  def update(grads, state, params, key):  # how a train step calls it
+    return tx.update(grads, state, params, nll_fn=nll, key=key, unknown=1)
+
+  for i in range(3):
+    updates, state = update(grads, state, params, jax.random.key(i))
+  assert update._cache_size() == 1
+  assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates))
+  inner = state[1][0]
+  assert int(inner.count) == 3 and float(inner.aux_loss) != 0.0
+
+
+def test_first_update_is_q0_times_gradient():
+  params, grads, nll = quadratic_problem()
+  tx = fishleg.scale_by_fishleg(damping=0.5, aux_every=5)
+  state = tx.init(params)
+  # λ takes an aux step at count 0 before preconditioning; with aux lr 0 it stays Q0 = I/γ.
+  tx0 = fishleg.scale_by_fishleg(damping=0.5, aux_every=5, aux_learning_rate=0.0)
+  out, _ = tx0.update(grads, tx0.init(params), params, nll_fn=nll, key=jax.random.key(0))
+  for o, g in zip(jax.tree.leaves(out), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(o, g / 0.5, rtol=1e-6)
+  # fishleg(sgd_learning_rate=s): the first step equals SGD with rate s.
+  sgd_like = fishleg.fishleg(0.05, momentum=0.0, sgd_learning_rate=0.01, aux_learning_rate=0.0)
+  step, _ = sgd_like.update(grads, sgd_like.init(params), params, nll_fn=nll, key=jax.random.key(0))
+  for o, g in zip(jax.tree.leaves(step), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(o, -0.01 * g, rtol=1e-5)
+  with pytest.raises(ValueError, match='needs params and the keyword arguments nll_fn'):
+    tx.update(grads, state, params)
+
+
+def test_inject_hyperparams_changes_damping_and_aux_rate():
+  params, grads, nll = quadratic_problem()
+  static = ('blocks', 'u_sampling', 'block_size', 'max_factor_size')
+  tx = optax.inject_hyperparams(fishleg.scale_by_fishleg, static_args=static)(
+    damping=0.5, aux_learning_rate=0.0, aux_every=1
+  )
+  state = tx.init(params)
+  state.hyperparams['damping'] = jnp.asarray(0.25)
+  update = jax.jit(lambda g, s, p, k: tx.update(g, s, p, nll_fn=nll, key=k))
+  out, state = update(grads, state, params, jax.random.key(0))
+  # damping enters the aux loss only; with aux lr 0, Q stays Q0 = I / 0.5 (set at init).
+  np.testing.assert_allclose(out['dense0']['bias'], grads['dense0']['bias'] / 0.5, rtol=1e-6)
+  state.hyperparams['aux_learning_rate'] = jnp.asarray(1e-2)
+  _, state2 = update(grads, state, params, jax.random.key(1))
+  moved = [
+    np.abs(a - b).max()
+    for a, b in zip(*map(jax.tree.leaves, (state.inner_state.lam, state2.inner_state.lam)))
+  ]
+  assert max(moved) > 0
+
+
+def test_state_round_trips_through_orbax(tmp_path):
+  params, grads, nll = quadratic_problem()
+  tx = fishleg.fishleg(0.1, damping=0.1, aux_every=1)
+  state = tx.init(params)
+  _, state = tx.update(grads, state, params, nll_fn=nll, key=jax.random.key(0))
+  ckpt = Checkpointer(str(tmp_path))
+  ckpt.save(1, state, {'round': 1})
+  restored, _ = ckpt.restore(1, tx.init(params))
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(a, b)
