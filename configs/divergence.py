@@ -14,26 +14,12 @@ pass over all data per round, batch 32, lr 0.05). Every round logs
 
 from configs import common
 
-PATH = '/usr/share/datasets/fashion-mnist'
-
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, rounds=20, train_examples=6000, runlocal=False)
-  c = common.federated_config()
+  c = common.fmnist_ten_clients(arg.rounds, arg.train_examples)
   c.experiment = 'divergence'
-  c.data_name = 'idx'
-  c.data.path = PATH
-  c.train_examples = arg.train_examples or None
-  c.partition.num_clients = 10
   c.partition.local_test_fraction = 0.0
-  c.cohort_size = 10
-  c.total_rounds = arg.rounds
-  c.batch_size = 32
-  c.local_epochs = 1
-  c.eval_every_rounds = 5
-  c.ckpt_every_rounds = 5
-  c.model_name = 'cnn'
-  c.client_tx.learning_rate = 0.05
   c.divergence = {
     'partitions': [
       {'label': 'iid', 'partition_name': 'iid'},
@@ -44,8 +30,6 @@ def get_config(arg=None):
     ]
   }
   if arg.runlocal:
-    common.runlocal(c)
-    c.train_examples = 600
-    c.batch_size = 64
+    common.runlocal_fmnist(c)
     c.divergence.partitions = c.divergence.partitions[::4]  # iid and 1class
   return c

@@ -23,8 +23,6 @@ MobileNet-v1 or ResNet-34 (not in fedcomp yet; `--config.model_name=simple_cnn` 
 
 from configs import common
 
-PATH = '/usr/share/datasets/fashion-mnist'
-
 
 def get_config(arg=None):
   arg = common.parse_arg(
@@ -36,27 +34,13 @@ def get_config(arg=None):
     train_examples=12000,
     runlocal=False,
   )
-  c = common.federated_config()
-  c.data_name = 'idx'
-  c.data.path = PATH
-  c.train_examples = arg.train_examples or None
+  c = common.fmnist_ten_clients(arg.rounds, arg.train_examples)
   c.partition_name = 'shards'
   c.partition.classes_per_client = arg.classes_per_client
-  c.partition.num_clients = 10
   c.partition.local_test_fraction = 0.2
-  c.cohort_size = 10
   c.algorithm_name = arg.algorithm
   if arg.algorithm == 'fed_per':
     c.algorithm.num_personal_layers = arg.num_personal_layers
-  c.total_rounds = arg.rounds
-  c.batch_size = 32
-  c.local_epochs = 1
-  c.eval_every_rounds = 5
-  c.ckpt_every_rounds = 5
-  c.model_name = 'cnn'
-  c.client_tx.learning_rate = 0.05
   if arg.runlocal:
-    common.runlocal(c)
-    c.train_examples = 600
-    c.batch_size = 64
+    common.runlocal_fmnist(c)
   return c

@@ -19,28 +19,15 @@ Needs `apt-get install dataset-fashion-mnist` (or `--config.data.path=DIR`).
 
 from configs import common
 
-PATH = '/usr/share/datasets/fashion-mnist'
-
 
 def get_config(arg=None):
   arg = common.parse_arg(
     arg, client='fishleg', keep_state=False, rounds=30, train_examples=12000, runlocal=False
   )
-  c = common.federated_config()
-  c.data_name = 'idx'
-  c.data.path = PATH
-  c.train_examples = arg.train_examples or None
+  c = common.fmnist_ten_clients(arg.rounds, arg.train_examples)
   c.partition_name = 'shards'
   c.partition.classes_per_client = 2
-  c.partition.num_clients = 10
-  c.cohort_size = 10
-  c.total_rounds = arg.rounds
-  c.batch_size = 32
-  c.local_epochs = 1
   c.eval_every_rounds = 1
-  c.ckpt_every_rounds = 5
-  c.model_name = 'cnn'
-  c.client_tx.learning_rate = 0.05
   if arg.client == 'fishleg':
     c.client_tx_name = 'fishleg'
     c.client_tx.momentum = 0.0
@@ -52,7 +39,5 @@ def get_config(arg=None):
   elif arg.client != 'sgd':
     raise ValueError(f"client={arg.client!r} must be 'fishleg' or 'sgd'")
   if arg.runlocal:
-    common.runlocal(c)
-    c.train_examples = 600
-    c.batch_size = 64
+    common.runlocal_fmnist(c)
   return c

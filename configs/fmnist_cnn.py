@@ -12,14 +12,12 @@ Needs `apt-get install dataset-fashion-mnist` (or `--config.data.path=DIR`).
 
 from configs import common
 
-PATH = '/usr/share/datasets/fashion-mnist'
-
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, partition='iid', runlocal=False)
   c = common.federated_config()
   c.data_name = 'idx'
-  c.data.path = PATH
+  c.data.path = common.FMNIST_PATH
   if arg.partition == 'shards':
     c.partition_name = 'shards'
     c.partition.classes_per_client = 2

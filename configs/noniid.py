@@ -28,7 +28,6 @@ Other overrides: `--config.data_name=...`, `--config.model_name=...`.
 
 from configs import common
 
-PATH = '/usr/share/datasets/fashion-mnist'
 PARTITIONS = {
   'iid': ('iid', None),
   '2class': ('shards', 2),
@@ -49,27 +48,13 @@ def get_config(arg=None):
   )
   if arg.partition not in PARTITIONS:
     raise ValueError(f'partition={arg.partition!r}; known: {", ".join(PARTITIONS)}')
-  c = common.federated_config()
-  c.data_name = 'idx'
-  c.data.path = PATH
-  c.train_examples = arg.train_examples or None
+  c = common.fmnist_ten_clients(arg.rounds, arg.train_examples)
   c.partition_name, k = PARTITIONS[arg.partition]
   c.partition.classes_per_client = k
-  c.partition.num_clients = 10
-  c.cohort_size = 10
   c.shared_data.beta = arg.beta
   c.shared_data.alpha = arg.alpha
   c.shared_data.warmup_epochs = arg.warmup_epochs
-  c.total_rounds = arg.rounds
-  c.batch_size = 32
-  c.local_epochs = 1
-  c.eval_every_rounds = 5
-  c.ckpt_every_rounds = 5
-  c.model_name = 'cnn'
-  c.client_tx.learning_rate = 0.05
   if arg.runlocal:
-    common.runlocal(c)
-    c.train_examples = 600
-    c.batch_size = 64
+    common.runlocal_fmnist(c)
     c.shared_data.warmup_epochs = min(arg.warmup_epochs, 1)
   return c

@@ -51,7 +51,7 @@ def optimizer_update(tx, grads, opt_state, params, sampled_nll, batch, key):
     params: the current params.
     sampled_nll: None, or (params, batch, key) -> NLL of model-sampled targets.
     batch: the minibatch the gradients came from.
-    key: randomness for the sampled targets.
+    key: the step's key; the sampled targets use fold_in(key, 1).
 
   Returns:
     (updates, new opt_state).
@@ -62,7 +62,7 @@ def optimizer_update(tx, grads, opt_state, params, sampled_nll, batch, key):
   def nll_fn(p, k):
     return sampled_nll(p, batch, k)
 
-  return tx.update(grads, opt_state, params, nll_fn=nll_fn, key=key)
+  return tx.update(grads, opt_state, params, nll_fn=nll_fn, key=jax.random.fold_in(key, 1))
 
 
 def check_weighting(weighting: str) -> None:
@@ -126,9 +126,8 @@ def make(
 
   def client_step(local, batch, key):
     grads, stats = grad_fn(local.params, local.anchor, batch, key)
-    k_fisher = jax.random.fold_in(key, 1)  # the loss's key stays as it was
     updates, opt_state = optimizer_update(
-      client_tx, grads, local.opt_state, local.params, sampled_nll, batch, k_fisher
+      client_tx, grads, local.opt_state, local.params, sampled_nll, batch, key
     )
     params = optax.apply_updates(local.params, updates)
     return LocalState(params, opt_state, local.anchor), stats

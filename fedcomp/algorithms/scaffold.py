@@ -89,13 +89,7 @@ def make(
     grads, stats = grad_fn(local.params, batch, key)
     corrected = jax.tree.map(jnp.add, grads, local.correction)
     updates, opt_state = fed_avg.optimizer_update(
-      client_tx,
-      corrected,
-      local.opt_state,
-      local.params,
-      sampled_nll,
-      batch,
-      jax.random.fold_in(key, 1),
+      client_tx, corrected, local.opt_state, local.params, sampled_nll, batch, key
     )
     params = optax.apply_updates(local.params, updates)
     grad_sum = jax.tree.map(jnp.add, local.grad_sum, grads)

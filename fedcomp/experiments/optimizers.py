@@ -112,6 +112,23 @@ def _check(config):
       make_tx(name, {**kwargs, 'learning_rate': lr}, f'optimizers.grid.{name}')
 
 
+def _check_workdir(workdir: str, config) -> None:
+  """Finished runs are reused only under the same config (the grid may grow)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(json.dumps(config.to_dict(), default=str))
+  for c in (old, new):
+    c.get('optimizers', {}).pop('grid', None)
+  if old != new:
+    raise ConfigError(
+      f'the config differs from the one of the runs in {workdir} (other than '
+      'config.optimizers.grid); use a new --workdir'
+    )
+
+
 def run_one(config, setup, name: str, lr: float) -> dict:
   """Trains with one optimizer and learning rate; returns its logged curve."""
   params0, x, y, loss_fn, nll_of = setup
@@ -160,6 +177,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the comparison (see the module docstring); returns the summary."""
   _check(config)
   os.makedirs(os.path.join(workdir, 'runs'), exist_ok=True)
+  _check_workdir(workdir, config)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
   dataset = fdata.load_source(config.data_name, config.data, config.seed)
   if config.get('train_examples'):
     dataset = subsample(dataset, config.train_examples, config.seed)

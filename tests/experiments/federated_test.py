@@ -97,7 +97,10 @@ BAD_INPUTS = [
     r"config.data_name='cifar' is unknown; known: digits, idx, random, synthetic, tfds",
   ),
   ({'partition_name': 'x'}, r"config.partition_name='x' is unknown; known: dirichlet, "),
-  ({'model_name': 'vit'}, r"config.model_name='vit' is unknown; known: cnn, mlp, simple_cnn"),
+  (
+    {'model_name': 'vit'},
+    r"config.model_name='vit' is unknown; known: autoencoder, cnn, mlp, simple_cnn",
+  ),
   (
     {'algorithm_name': 'fedx'},
     r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_per, fed_prox, scaffold",
