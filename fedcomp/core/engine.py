@@ -68,7 +68,8 @@ def auto_strategy(params: PyTree, conv_impl: str) -> tuple[str, int]:
   Measured on XLA:CPU (jax 0.10.2, 2 cores), EMNIST CNN, 50 clients x 4 steps:
   - convolutions by im2col: 'map' (one client at a time, rolled scan over steps) ran
     at 1,532 examples/s on one device, compiling in 2.6 s with 0.8 GB peak RSS;
-  - XLA's convolution: its kernel gradient is ~50x slower inside any loop, so only
+  - XLA's convolution: training steps inside any loop run ~16x slower than unrolled
+    (the convolution gradients inside the loop body are the slow part), so only
     'loop' with fully unrolled steps is fast (1,132 examples/s, but 89 s compile and
     3.2 GB); vmap + scan ran at 62 (grouped convolutions);
   - dense-only models vmap into batched matmuls and keep a rolled scan.

@@ -15,8 +15,8 @@ CONV_IMPLS = ('auto', 'xla', 'im2col')
 def resolve_conv_impl(conv_impl: str | None) -> str:
   """'auto' (or None) -> 'im2col' on CPU, 'xla' elsewhere; other names pass through.
 
-  On XLA:CPU (jax 0.10.2) the kernel-gradient convolution inside a `lax.scan` ran about
-  50x slower than unrolled, while im2col's matmuls run at full speed in loops: one
+  On XLA:CPU (jax 0.10.2) convolution gradients inside a `lax.scan` run far slower than
+  unrolled, while im2col's matmuls run at full speed in loops: one
   EMNIST-CNN training epoch as a rolled scan ran at 77 examples/s with XLA's conv and
   1,635 with im2col (1,217 for XLA's conv fully unrolled).
   """
