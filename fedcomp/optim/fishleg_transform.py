@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedcomp.core.losses import classification_sampled_nll
 from fedcomp.errors import ConfigError
 from fedcomp.optim import fishleg_blocks
 from fedcomp.utils.param_paths import leaf_paths
@@ -201,17 +202,9 @@ def sampled_nll(apply: Callable, x: jax.Array, mask: jax.Array | None = None) ->
     nll_fn(params, key) -> scalar.
   """
 
-  def nll(params, key):
-    k_model, k_label = jax.random.split(key)
-    logits = apply(params, x, train=True, key=k_model)  # the training-mode forward
-    y = jax.lax.stop_gradient(jax.random.categorical(k_label, logits))
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    if mask is None:
-      return ce.mean()
-    m = mask.astype(ce.dtype)
-    return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
-
-  return nll
+  batch = {'x': x, 'mask': jnp.ones(x.shape[0], bool) if mask is None else mask}
+  nll = classification_sampled_nll(apply)
+  return lambda params, key: nll(params, batch, key)
 
 
 def bernoulli_sampled_nll(apply: Callable, x: jax.Array) -> Callable:
