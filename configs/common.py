@@ -132,6 +132,8 @@ def federated_config() -> ml_collections.ConfigDict:
     u_sampling=str,
     sgd_learning_rate=float,
     initial_scale=float,
+    momentum_on=str,
+    precondition_aux=bool,
   )
   c.client_tx.learning_rate = 0.1
   c.server_tx_name = 'sgd'

@@ -13,10 +13,11 @@ against the input pixels, summed over pixels) and 'classification' (softmax
 cross-entropy). FishLeg gets the negative log-likelihood of targets sampled from
 the model as its extra argument.
 
-Writes in the workdir: runs/<optimizer>_<lr>.json (one per finished run; a rerun
-skips those), optimizers.csv, summary.json (best learning rates, final losses,
-the step at which each best run first reached the best Adam run's final loss,
-and the median seconds per step of each), loss_vs_steps.png and loss_vs_time.png.
+Writes in the workdir: runs/<optimizer>_<lr>.json (one per finished run, with
+FishLeg's aux loss A(λ; u) at each log; a rerun skips those), optimizers.csv,
+summary.json (best learning rates, final losses, the step at which each best run
+first reached the best Adam run's final loss, and the median seconds per step of
+each), loss_vs_steps.png and loss_vs_time.png.
 """
 
 import csv
@@ -91,6 +92,18 @@ def make_chunk_fn(loss_fn, nll_of, tx, batch_size: int, steps: int):
   return chunk
 
 
+def fishleg_aux_loss(opt_state) -> float | None:
+  """A(λ; u) at the last aux step of the first FishLeg transform in `opt_state`, if any."""
+  found = [
+    s
+    for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, fishleg_transform.ScaleByFishLegState)
+    )
+    if isinstance(s, fishleg_transform.ScaleByFishLegState)
+  ]
+  return float(found[0].aux_loss) if found else None
+
+
 def _check(config):
   for key in ('total_steps', 'log_every_steps', 'batch_size', 'final_window'):
     v = config[key]
@@ -142,6 +155,7 @@ def run_one(config, setup, name: str, lr: float) -> dict:
   jax.block_until_ready(loss)
   compile_and_first = time.perf_counter() - t
   steps, losses, walls, chunk_secs = [config.log_every_steps], [float(loss)], [0.0], []
+  aux_losses = [fishleg_aux_loss(opt_state)]
   wall = 0.0
   for i in range(1, config.total_steps // config.log_every_steps):
     t = time.perf_counter()
@@ -153,6 +167,7 @@ def run_one(config, setup, name: str, lr: float) -> dict:
     steps.append((i + 1) * config.log_every_steps)
     losses.append(loss)
     walls.append(wall)
+    aux_losses.append(fishleg_aux_loss(opt_state))
     if not np.isfinite(loss):
       break
   return {
@@ -161,6 +176,7 @@ def run_one(config, setup, name: str, lr: float) -> dict:
     'steps': steps,
     'loss': losses,
     'wall_sec': walls,
+    'aux_loss': aux_losses,  # FishLeg's A(λ; u) at its last aux step (None for others)
     'sec_per_step': float(np.median(chunk_secs)) / config.log_every_steps if chunk_secs else None,
     'first_chunk_sec': compile_and_first,
   }

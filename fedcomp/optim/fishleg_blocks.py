@@ -3,7 +3,10 @@
 A block covers a group of parameter leaves (a dense or conv kernel with its
 bias, or a single leaf) and offers:
   init(shapes, scale)  -> λ with Q(λ) = scale·I,
-  matvec(λ, vs)        -> Q(λ)·v for the group's leaves vs,
+  prepare(λ)           -> the factors of Q(λ) that do not depend on v (Gram
+                          matrices LᵀL, squares), computed once per λ,
+  apply(cache, vs)     -> Q·v from prepare's output,
+  matvec(λ, vs)        -> Q(λ)·v = apply(prepare(λ), vs) for the group's leaves vs,
   diagonal(λ, shapes)  -> diag(Q(λ)) in closed form, shaped like the leaves,
   dense(λ, shapes)     -> Q(λ) as an (n, n) matrix over the leaves flattened
                           and concatenated in order (for tests and small layers).
@@ -90,10 +93,19 @@ def kron_init(shapes: Shapes, scale) -> KronFactors:
   return KronFactors(jnp.eye(m), jnp.eye(n), jnp.full((m, n), jnp.sqrt(scale), jnp.float32))
 
 
-def kron_matvec(lam: KronFactors, vs, shapes: Shapes) -> list[jax.Array]:
-  w = lam.A * _to_matrix(vs, shapes)
-  inner = lam.L.T @ ((lam.L @ w) @ lam.R.T) @ lam.R  # LᵀL W RᵀR
-  return _from_matrix(lam.A * inner, shapes)
+class KronGrams(NamedTuple):
+  left: jax.Array  # LᵀL
+  right: jax.Array  # RᵀR
+  A: jax.Array
+
+
+def kron_prepare(lam: KronFactors) -> KronGrams:
+  return KronGrams(lam.L.T @ lam.L, lam.R.T @ lam.R, lam.A)
+
+
+def kron_apply(cache: KronGrams, vs, shapes: Shapes) -> list[jax.Array]:
+  w = cache.A * _to_matrix(vs, shapes)
+  return _from_matrix(cache.A * ((cache.left @ w) @ cache.right), shapes)
 
 
 def kron_diagonal(lam: KronFactors, shapes: Shapes) -> list[jax.Array]:
@@ -113,9 +125,13 @@ def diag_init(shapes: Shapes, scale) -> list[jax.Array]:
   return [jnp.full(s, jnp.sqrt(scale), jnp.float32) for s in shapes]
 
 
-def diag_matvec(lam, vs, shapes: Shapes) -> list[jax.Array]:
+def diag_prepare(lam) -> list[jax.Array]:
+  return [d**2 for d in lam]
+
+
+def diag_apply(cache, vs, shapes: Shapes) -> list[jax.Array]:
   del shapes
-  return [d**2 * v for d, v in zip(lam, vs)]
+  return [d2 * v for d2, v in zip(cache, vs)]
 
 
 def diag_diagonal(lam, shapes: Shapes) -> list[jax.Array]:
@@ -133,8 +149,12 @@ def full_init(shapes: Shapes, scale) -> jax.Array:
   return jnp.sqrt(scale) * jnp.eye(sum(_sizes(shapes)), dtype=jnp.float32)
 
 
-def full_matvec(lam: jax.Array, vs, shapes: Shapes) -> list[jax.Array]:
-  return _unflat(lam.T @ (lam @ _flat(vs)), shapes)
+def full_prepare(lam: jax.Array) -> jax.Array:
+  return lam.T @ lam
+
+
+def full_apply(cache: jax.Array, vs, shapes: Shapes) -> list[jax.Array]:
+  return _unflat(cache @ _flat(vs), shapes)
 
 
 def full_diagonal(lam: jax.Array, shapes: Shapes) -> list[jax.Array]:
@@ -163,9 +183,13 @@ def _padded(vs, lam: jax.Array) -> tuple[jax.Array, int]:
   return jnp.pad(x, (0, k * b - x.shape[0])).reshape(k, b), x.shape[0]
 
 
-def block_matvec(lam: jax.Array, vs, shapes: Shapes) -> list[jax.Array]:
-  x, total = _padded(vs, lam)
-  y = jnp.einsum('kji,kjl,kl->ki', lam, lam, x)  # L_kᵀ L_k x_k
+def block_prepare(lam: jax.Array) -> jax.Array:
+  return jnp.einsum('kji,kjl->kil', lam, lam)  # L_kᵀ L_k
+
+
+def block_apply(cache: jax.Array, vs, shapes: Shapes) -> list[jax.Array]:
+  x, total = _padded(vs, cache)
+  y = jnp.einsum('kil,kl->ki', cache, x)
   return _unflat(y.reshape(-1)[:total], shapes)
 
 
@@ -176,22 +200,27 @@ def block_diagonal(lam: jax.Array, shapes: Shapes) -> list[jax.Array]:
 
 def block_dense(lam: jax.Array, shapes: Shapes) -> jax.Array:
   total = sum(_sizes(shapes))
-  return jax.scipy.linalg.block_diag(*jnp.einsum('kji,kjl->kil', lam, lam))[:total, :total]
+  return jax.scipy.linalg.block_diag(*block_prepare(lam))[:total, :total]
 
 
 class Block(NamedTuple):
   """The functions of one block kind (see the module docstring)."""
 
   init: Any
-  matvec: Any
+  prepare: Any
+  apply: Any
   diagonal: Any
   dense: Any
   takes_bias: bool  # a kernel's bias joins its block
 
+  def matvec(self, lam, vs, shapes: Shapes) -> list[jax.Array]:
+    """Q(λ)·v for the group's leaves vs."""
+    return self.apply(self.prepare(lam), vs, shapes)
+
 
 BLOCKS = {
-  'kron': Block(kron_init, kron_matvec, kron_diagonal, kron_dense, True),
-  'diag': Block(diag_init, diag_matvec, diag_diagonal, diag_dense, False),
-  'full': Block(full_init, full_matvec, full_diagonal, full_dense, True),
-  'block': Block(block_init, block_matvec, block_diagonal, block_dense, True),
+  'kron': Block(kron_init, kron_prepare, kron_apply, kron_diagonal, kron_dense, True),
+  'diag': Block(diag_init, diag_prepare, diag_apply, diag_diagonal, diag_dense, False),
+  'full': Block(full_init, full_prepare, full_apply, full_diagonal, full_dense, True),
+  'block': Block(block_init, block_prepare, block_apply, block_diagonal, block_dense, True),
 }

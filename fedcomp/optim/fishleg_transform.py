@@ -23,7 +23,9 @@ pairs on leaf paths (fedcomp.optim.fishleg_blocks): by default Kronecker-factore
 blocks for dense and conv kernels (with their bias folded in as an extra input
 row) and diagonal blocks for every other leaf (biases without a kernel,
 normalisation scales); a kernel whose Kronecker factors would exceed
-`max_factor_size` rows falls back to a diagonal block.
+`max_factor_size` rows falls back to a diagonal block. The state caches the Gram
+factors of Q(λ) (LᵀL, RᵀR), recomputed only when λ changes, so a step between
+aux steps costs one Q·g product.
 
 References: Garcia, Freddi, Fotiadis, Li, Vakili, Bernacchia, Hennequin 2023,
 "Fisher-Legendre (FishLeg) optimization of deep neural networks" (ICLR).
@@ -140,22 +142,30 @@ class InverseFisher(NamedTuple):
     """λ with Q(λ) = scale · I."""
     return tuple(self._fns(g.kind).init(self._group_shapes(g), scale) for g in self.groups)
 
-  def _apply(self, fn_name, lam, tree=None):
+  def _apply(self, fn_name, per_group, tree=None):
     leaves = None if tree is None else jax.tree.leaves(tree)
     out = [None] * len(self.shapes)
-    for g, lam_g in zip(self.groups, lam):
+    for g, arg in zip(self.groups, per_group):
       fn = getattr(self._fns(g.kind), fn_name)
       if leaves is None:
-        res = fn(lam_g, self._group_shapes(g))
+        res = fn(arg, self._group_shapes(g))
       else:
-        res = fn(lam_g, [leaves[i] for i in g.leaves], self._group_shapes(g))
+        res = fn(arg, [leaves[i] for i in g.leaves], self._group_shapes(g))
       for i, r in zip(g.leaves, res):
         out[i] = r
     return jax.tree.unflatten(self.treedef, out)
 
+  def prepare(self, lam) -> tuple:
+    """The v-independent factors of Q(λ) (Gram matrices, squares), one per group."""
+    return tuple(self._fns(g.kind).prepare(lam_g) for g, lam_g in zip(self.groups, lam))
+
+  def apply(self, cache, v: PyTree) -> PyTree:
+    """Q·v from `prepare(λ)`: the cheap per-step product."""
+    return self._apply('apply', cache, v)
+
   def matvec(self, lam, v: PyTree) -> PyTree:
     """Q(λ)·v for a params-shaped v."""
-    return self._apply('matvec', lam, v)
+    return self.apply(self.prepare(lam), v)
 
   def diagonal(self, lam) -> PyTree:
     """diag(Q(λ)), params-shaped, in closed form."""
@@ -226,6 +236,7 @@ class ScaleByFishLegState(NamedTuple):
   aux_state: PyTree  # the aux optimizer's state on λ
   grad_ema: PyTree  # EMA of gradients: u for u_sampling='gradient'
   aux_loss: jax.Array  # A(λ; u) at the last aux step
+  q_cache: tuple  # InverseFisher.prepare(λ): the Gram factors every step's Q·g uses
 
 
 def _dot(a: PyTree, b: PyTree) -> jax.Array:
@@ -233,11 +244,19 @@ def _dot(a: PyTree, b: PyTree) -> jax.Array:
 
 
 def aux_loss_and_grad(
-  q: InverseFisher, lam, u: PyTree, fisher_vp: Callable[[PyTree], PyTree], damping
+  q: InverseFisher,
+  lam,
+  u: PyTree,
+  fisher_vp: Callable[[PyTree], PyTree],
+  damping,
+  precondition: Callable[[PyTree], PyTree] | None = None,
 ) -> tuple[jax.Array, Any]:
   """A(λ; u) and its gradient in λ, from one Fisher-vector product.
 
   ∇_λ A = (∂(Q(λ)u)/∂λ)ᵀ (F_γ Q u − u): a vector-Jacobian product through Q.
+  With `precondition` = (v -> Q v), the residual F_γ Q u − u is replaced by
+  Q (F_γ Q u − u): a Newton step in z = Q u, whose Hessian in A is F_γ ≈ Q⁻¹
+  (the official PyTorch code's `precondition_aux`).
 
   Args:
     q: the Q(λ) model.
@@ -245,13 +264,17 @@ def aux_loss_and_grad(
     u: a params-shaped probe vector.
     fisher_vp: v -> F·v (params-shaped).
     damping: γ.
+    precondition: optional map applied to the residual (no gradient flows through it).
 
   Returns:
-    (A(λ; u), ∇_λ A).
+    (A(λ; u), the λ-gradient: ∇_λ A, or its preconditioned form).
   """
   z, vjp = jax.vjp(lambda lam_: q.matvec(lam_, u), lam)
   fz = jax.tree.map(lambda a, b: a + damping * b, fisher_vp(z), z)  # F_γ Q u
-  (grad,) = vjp(jax.lax.stop_gradient(jax.tree.map(jnp.subtract, fz, u)))
+  residual = jax.tree.map(jnp.subtract, fz, u)
+  if precondition is not None:
+    residual = precondition(residual)
+  (grad,) = vjp(jax.lax.stop_gradient(residual))
   return 0.5 * _dot(z, fz) - _dot(u, z), grad
 
 
@@ -271,6 +294,7 @@ def scale_by_fishleg(
   block_size: int = 50,
   max_factor_size: int = 4096,
   aux_optimizer: Callable[[Any], optax.GradientTransformation] | None = None,
+  precondition_aux: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Preconditions updates by FishLeg's learned inverse Fisher: returns Q(λ)·g.
 
@@ -288,10 +312,14 @@ def scale_by_fishleg(
     block_size: block size of 'block' groups.
     max_factor_size: default 'kron' kernels with a larger factor fall back to 'diag'.
     aux_optimizer: learning_rate -> optax transformation for λ; None: optax.adam.
+    precondition_aux: multiply the aux residual F_γ Q u − u by the current Q before
+      the vector-Jacobian product (see aux_loss_and_grad; the PyTorch code's default,
+      not the paper's JAX code's).
 
   The numeric arguments damping, aux_learning_rate, aux_every, initial_scale and
   gradient_decay work with optax.inject_hyperparams; the structural ones (blocks,
-  block_size, max_factor_size, u_sampling) go in its `static_args`.
+  block_size, max_factor_size, u_sampling, precondition_aux) go in its
+  `static_args`.
 
   Returns:
     An optax.GradientTransformationExtraArgs whose update takes keyword-only
@@ -315,6 +343,7 @@ def scale_by_fishleg(
       aux_state=make_aux(aux_learning_rate).init(lam),
       grad_ema=jax.tree.map(jnp.zeros_like, params),
       aux_loss=jnp.zeros((), jnp.float32),
+      q_cache=q.prepare(lam),
     )
 
   def aux_step(state, params, grad_ema, nll_fn, key):
@@ -330,9 +359,11 @@ def scale_by_fishleg(
         treedef, [jax.random.normal(k, jnp.shape(p), jnp.float32) for k, p in zip(keys, leaves)]
       )
     fisher_vp = functools.partial(hessian_vector_product, lambda p: nll_fn(p, k_y), params)
-    aux_loss, grad_lam = aux_loss_and_grad(q, state.lam, u, fisher_vp, damping)
+    precondition = functools.partial(q.apply, state.q_cache) if precondition_aux else None
+    aux_loss, grad_lam = aux_loss_and_grad(q, state.lam, u, fisher_vp, damping, precondition)
     step, aux_state = make_aux(aux_learning_rate).update(grad_lam, state.aux_state, state.lam)
-    return optax.apply_updates(state.lam, step), aux_state, aux_loss.astype(jnp.float32)
+    lam = optax.apply_updates(state.lam, step)
+    return lam, aux_state, aux_loss.astype(jnp.float32), q.prepare(lam)
 
   def update_fn(updates, state, params=None, *, nll_fn=None, key=None, **extra):
     del extra
@@ -344,44 +375,55 @@ def scale_by_fishleg(
     grad_ema = jax.tree.map(
       lambda m, g: gradient_decay * m + (1 - gradient_decay) * g, state.grad_ema, updates
     )
-    lam, aux_state, aux_loss = jax.lax.cond(
+    lam, aux_state, aux_loss, q_cache = jax.lax.cond(
       state.count % aux_every == 0,
       lambda: aux_step(state, params, grad_ema, nll_fn, key),
-      lambda: (state.lam, state.aux_state, state.aux_loss),
+      lambda: (state.lam, state.aux_state, state.aux_loss, state.q_cache),
     )
-    out = structure(params).matvec(lam, updates)
+    out = structure(params).apply(q_cache, updates)
     count = optax.safe_int32_increment(state.count)
-    return out, ScaleByFishLegState(count, lam, aux_state, grad_ema, aux_loss)
+    return out, ScaleByFishLegState(count, lam, aux_state, grad_ema, aux_loss, q_cache)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+MOMENTUM_ON = ('update', 'gradient')
 
 
 def fishleg(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.9,
   sgd_learning_rate: float | None = None,
+  momentum_on: str = 'update',
   **kwargs,
 ) -> optax.GradientTransformationExtraArgs:
-  """FishLeg: θ ← θ − η · EMA_β(Q(λ) g), the update of the official code.
+  """FishLeg: θ ← θ − η · EMA_β(Q(λ) g) (official PyTorch code) or θ ← θ − η · Q(λ) EMA_β(g)
+  (the paper's JAX code).
 
   Args:
     learning_rate: η (or a schedule).
-    momentum: β of the exponential moving average of the preconditioned gradient
-      (0 disables it).
+    momentum: β of the exponential moving average (0 disables it).
     sgd_learning_rate: if set, Q₀ = (sgd_learning_rate / learning_rate) · I, so the
       first steps equal SGD with that rate (the paper's initialisation); overrides
       `initial_scale`.
+    momentum_on: 'update' averages the preconditioned gradients Q(λ) g; 'gradient'
+      preconditions the average of the gradients, which is then also the u of the
+      aux loss (`gradient_decay` is not used).
     **kwargs: the arguments of scale_by_fishleg.
 
   Returns:
     The chained optax.GradientTransformationExtraArgs (extra args as scale_by_fishleg).
   """
+  if momentum_on not in MOMENTUM_ON:
+    raise ConfigError(f'momentum_on={momentum_on!r} is unknown; known: {", ".join(MOMENTUM_ON)}')
   if sgd_learning_rate is not None:
     if callable(learning_rate):
       raise ConfigError('sgd_learning_rate needs a constant learning_rate')
     kwargs['initial_scale'] = sgd_learning_rate / learning_rate
-  parts = [scale_by_fishleg(**kwargs)]
-  if momentum:
-    parts.append(optax.ema(momentum, debias=False))
-  parts.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*parts)
+  average = [optax.ema(momentum, debias=False)] if momentum else []
+  if momentum_on == 'gradient':
+    kwargs['gradient_decay'] = 0.0  # u = the incoming (already averaged) gradient
+    parts = [*average, scale_by_fishleg(**kwargs)]
+  else:
+    parts = [scale_by_fishleg(**kwargs), *average]
+  return optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))

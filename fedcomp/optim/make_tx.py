@@ -32,6 +32,8 @@ def _fishleg(
   u_sampling: str = 'gradient',
   sgd_learning_rate: float | None = None,
   initial_scale: float | None = None,
+  momentum_on: str = 'update',
+  precondition_aux: bool = False,
 ):
   """FishLeg (fedcomp.optim.fishleg_transform.fishleg) with its config-settable arguments."""
   return fishleg_transform.fishleg(
@@ -43,6 +45,8 @@ def _fishleg(
     aux_every=aux_every,
     u_sampling=u_sampling,
     initial_scale=initial_scale,
+    momentum_on=momentum_on,
+    precondition_aux=precondition_aux,
   )
 
 

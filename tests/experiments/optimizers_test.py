@@ -41,6 +41,9 @@ def test_runs_picks_best_and_reuses_finished_runs(tmp_path):
   assert summary['best']['adam']['learning_rate'] == best['learning_rate']
   assert best['final_loss'] == pytest.approx(np.mean(best['loss'][-2:]))
   assert runs['fishleg_0.05.json']['steps'] == [10, 20, 30, 40]
+  # FishLeg's aux loss A(λ; u) is logged at every log step; Adam has none.
+  assert all(np.isfinite(a) for a in runs['fishleg_0.05.json']['aux_loss'])
+  assert runs['adam_0.01.json']['aux_loss'] == [None] * 4
   assert np.isfinite(summary['best']['fishleg']['final_loss'])
   assert summary['fishleg_time_per_step_over_adam'] > 0
   for name in ('optimizers.csv', 'loss_vs_steps.png', 'loss_vs_time.png', 'config.json'):

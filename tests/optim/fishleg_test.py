@@ -99,8 +99,19 @@ def test_aux_gradient_equals_autodiff_of_the_dense_loss():
   for g, w in zip(jax.tree.leaves(grad), jax.tree.leaves(want_grad)):
     np.testing.assert_allclose(g, w, rtol=2e-3, atol=2e-4)
 
+  # precondition_aux: ∇_λ ⟨Q(λ)u, sg(Q (F_γ Q u − u))⟩ with Q held at the current λ.
+  q_now = q.dense(lam)
+  direction = q_now @ ((fisher + gamma * jnp.eye(n)) @ q_now @ flat_u - flat_u)
+  want_pre = jax.grad(lambda lam_: flat_u @ q.dense(lam_) @ direction)(lam)
+  precondition = lambda v: q.apply(q.prepare(lam), v)  # noqa: E731
+  loss_pre, grad_pre = fishleg.aux_loss_and_grad(q, lam, u, fisher_vp, gamma, precondition)
+  np.testing.assert_allclose(loss_pre, want_loss, rtol=1e-4)
+  for g, w in zip(jax.tree.leaves(grad_pre), jax.tree.leaves(want_pre)):
+    np.testing.assert_allclose(g, w, rtol=2e-3, atol=2e-4)
 
-def test_q_converges_to_the_damped_inverse_fisher_of_a_linear_gaussian_layer():
+
+@pytest.mark.parametrize('precondition_aux', [False, True])
+def test_q_converges_to_the_damped_inverse_fisher_of_a_linear_gaussian_layer(precondition_aux):
   """y = xW + ε with fixed inputs: the NLL's Hessian is exactly Σ ⊗ I (Σ = XᵀX/N)."""
   d_in, d_out, n, gamma = 8, 3, 400, 1e-2
   rng = np.random.default_rng(0)
@@ -120,6 +131,7 @@ def test_q_converges_to_the_damped_inverse_fisher_of_a_linear_gaussian_layer():
     initial_scale=1.0,
     aux_learning_rate=1e-2,
     aux_optimizer=lambda lr: optax.adam(optax.exponential_decay(lr, 1000, 0.5)),
+    precondition_aux=precondition_aux,
   )
   state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
@@ -190,7 +202,7 @@ def test_first_update_is_q0_times_gradient():
 
 def test_inject_hyperparams_changes_damping_and_aux_rate():
   params, grads, nll = quadratic_problem()
-  static = ('blocks', 'u_sampling', 'block_size', 'max_factor_size')
+  static = ('blocks', 'u_sampling', 'block_size', 'max_factor_size', 'precondition_aux')
   tx = optax.inject_hyperparams(fishleg.scale_by_fishleg, static_args=static)(
     damping=0.5, aux_learning_rate=0.0, aux_every=1
   )
@@ -220,3 +232,35 @@ def test_state_round_trips_through_orbax(tmp_path):
   ckpt.close()
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_cached_factors_follow_lambda_and_give_q_times_gradient():
+  params, grads, nll = quadratic_problem()
+  tx = fishleg.scale_by_fishleg(damping=0.1, aux_learning_rate=1e-2, aux_every=2)
+  q = fishleg.inverse_fisher(params)
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, k: tx.update(g, s, params, nll_fn=nll, key=k))
+  for i in range(5):  # aux steps at counts 0, 2, 4; cached steps in between
+    out, state = update(grads, state, jax.random.key(i))
+    for a, b in zip(*map(jax.tree.leaves, (state.q_cache, q.prepare(state.lam)))):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+    want = q.dense(state.lam) @ ravel_pytree(grads)[0]
+    np.testing.assert_allclose(ravel_pytree(out)[0], want, rtol=1e-5)
+
+
+def test_momentum_on_gradient_preconditions_the_averaged_gradient():
+  params, grads, nll = quadratic_problem()
+  g = ravel_pytree(grads)[0]
+  lr, beta, scale = 0.05, 0.9, 0.2
+  kw = dict(momentum=beta, initial_scale=scale, aux_learning_rate=0.0, damping=0.1)
+  by_gradient = fishleg.fishleg(lr, momentum_on='gradient', **kw)
+  state = by_gradient.init(params)
+  grads2 = jax.tree.map(lambda x: -2.0 * x, grads)
+  for gi in (grads, grads2):
+    step, state = by_gradient.update(gi, state, params, nll_fn=nll, key=jax.random.key(0))
+  # ḡ₁ = (1-β) g, ḡ₂ = β ḡ₁ + (1-β)(-2g); with Q = Q0 = s·I the step is -η s ḡ₂.
+  g_bar = beta * (1 - beta) * g + (1 - beta) * (-2.0 * g)
+  np.testing.assert_allclose(ravel_pytree(step)[0], -lr * scale * g_bar, rtol=1e-5)
+  known = "momentum_on='nesterov' is unknown; known: update, gradient"
+  with pytest.raises(ConfigError, match=known):
+    fishleg.fishleg(lr, momentum_on='nesterov')
