@@ -4,8 +4,8 @@ r"""FishLeg vs Adam vs SGD with momentum: centralised training curves (Garcia et
 784-1000-500-250-30 and mirrored, Bernoulli likelihood, on Fashion-MNIST, batch 1000
 (the paper's), 3,000 steps (50 epochs); `model=cnn`: the EMNIST CNN as a 10-class
 Fashion-MNIST classifier, batch 100, 2,000 steps (the README's rows: `steps=600`).
-Each optimizer runs over a small learning-rate grid of about 3 rates a factor ~3 apart
-(FishLeg's auto-encoder grid ends at a rate that diverges), from the same initialisation
+Each optimizer runs over a small learning-rate grid of 3-6 rates a factor ~3 apart,
+widened until the best rate is inside it, from the same initialisation
 and minibatch sequence; the best rate of each is the one with the lowest mean training
 loss over the last 5 logged windows. FishLeg: aux Adam lr 1e-3 every 10 steps,
 u = normalised gradient EMA, momentum 0.9 (EMA form) and Q0 = I/damping, so its first
@@ -60,8 +60,8 @@ def get_config(arg=None):
     fishleg['damping'] = 0.5
     grid = {
       'fishleg': [5e-3, 1.5e-2, 5e-2, 0.15, 0.5, 1.5],  # SGD-equivalent initial rates 0.01 .. 3
-      'adam': [3e-4, 1e-3, 3e-3],
-      'momentum': [0.01, 0.03, 0.1],
+      'adam': [3e-4, 1e-3, 3e-3, 1e-2],
+      'momentum': [0.01, 0.03, 0.1, 0.3],
     }
   else:
     raise ValueError(f"model={arg.model!r} must be 'autoencoder' or 'cnn'")

@@ -277,7 +277,13 @@ def _plot(workdir: str, best: dict) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for opt, r in best.items():
       ax.plot(r[x_key], r['loss'], label=f'{opt} (lr {r["learning_rate"]:g})')
-    ax.set(xlabel=label, ylabel='training loss', yscale='log')
+    ax.set(xlabel=label, ylabel='training loss')
+    # Leave out the first tenth of each curve, where the losses are far above the rest.
+    tails = [np.asarray(r['loss'][len(r['loss']) // 10 :]) for r in best.values()]
+    finite = np.concatenate([t[np.isfinite(t)] for t in tails])
+    if finite.size:
+      low, high = finite.min(), max(t[0] for t in tails if np.isfinite(t[0]))
+      ax.set_ylim(low - 0.02 * (high - low), high)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, name), dpi=120)
