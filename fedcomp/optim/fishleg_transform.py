@@ -10,13 +10,28 @@ gradient is (∂(Q(λ)u)/∂λ)ᵀ (F_γ Q u − u), computed with one vector-Ja
 product through Q and one Fisher-vector product. The Fisher-vector product is a
 Hessian-vector product of the negative log-likelihood of targets sampled from
 the model (E_y~p_θ[∇²(−log p(y|x, θ))] = F), which the caller supplies as the
-keyword-only extra argument `nll_fn(params, key)` together with a `key`:
+keyword-only extra argument `nll_fn(params, key)` together with a `key`
+(tests/optim/fishleg_test.py runs this example):
 
-  tx = fishleg(learning_rate=0.05, damping=1e-3)
-  state = tx.init(params)
-  nll = sampled_nll(apply, batch_x)                     # or any (params, key) -> scalar
-  updates, state = tx.update(grads, state, params, nll_fn=nll, key=key)
-  params = optax.apply_updates(params, updates)
+  >>> import jax, jax.numpy as jnp, optax
+  >>> from fedcomp.optim import fishleg
+  >>> from fedcomp.optim.fishleg_transform import sampled_nll
+  >>> def apply(params, x, *, train=False, key=None):  # a softmax regression
+  ...   return x @ params['dense']['kernel'] + params['dense']['bias']
+  >>> params = {'dense': {'kernel': jnp.zeros((4, 3)), 'bias': jnp.zeros(3)}}
+  >>> x = jax.random.normal(jax.random.key(0), (32, 4))
+  >>> y = (x[:, 0] > 0).astype(jnp.int32) + (x[:, 1] > 0)
+  >>> def loss(p):
+  ...   return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+  >>> tx = fishleg(learning_rate=0.05, damping=0.1)
+  >>> state = tx.init(params)
+  >>> nll = sampled_nll(apply, x)  # or any (params, key) -> NLL of model-sampled targets
+  >>> for step in range(20):
+  ...   grads = jax.grad(loss)(params)
+  ...   updates, state = tx.update(grads, state, params, nll_fn=nll, key=jax.random.key(step))
+  ...   params = optax.apply_updates(params, updates)
+  >>> bool(loss(params) < 0.8 * jnp.log(3.0))
+  True
 
 Q(λ) is a block-diagonal model over parameter groups chosen by (regex, block)
 pairs on leaf paths (fedcomp.optim.fishleg_blocks): by default Kronecker-factored

@@ -1,5 +1,7 @@
 """FishLeg: blocks, the auxiliary loss, convergence to the inverse Fisher, optax contract."""
 
+import doctest
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -264,3 +266,8 @@ def test_momentum_on_gradient_preconditions_the_averaged_gradient():
   known = "momentum_on='nesterov' is unknown; known: update, gradient"
   with pytest.raises(ConfigError, match=known):
     fishleg.fishleg(lr, momentum_on='nesterov')
+
+
+def test_module_docstring_example_runs():
+  result = doctest.testmod(fishleg, raise_on_error=False)
+  assert result.attempted > 5 and result.failed == 0
