@@ -265,6 +265,7 @@ def aux_loss_and_grad(
   fisher_vp: Callable[[PyTree], PyTree],
   damping,
   precondition: Callable[[PyTree], PyTree] | None = None,
+  cache=None,
 ) -> tuple[jax.Array, Any]:
   """A(λ; u) and its gradient in λ, from one Fisher-vector product.
 
@@ -280,16 +281,22 @@ def aux_loss_and_grad(
     fisher_vp: v -> F·v (params-shaped).
     damping: γ.
     precondition: optional map applied to the residual (no gradient flows through it).
+    cache: `q.prepare(lam)` if already at hand (the transform's state keeps it).
 
   Returns:
     (A(λ; u), the λ-gradient: ∇_λ A, or its preconditioned form).
   """
-  z, vjp = jax.vjp(lambda lam_: q.matvec(lam_, u), lam)
+  if cache is None:
+    cache = q.prepare(lam)
+  # Q u is linear in the prepared factors: differentiate apply at the cache, then pull
+  # back through prepare, whose own outputs (the Gram products) are not recomputed.
+  z, apply_vjp = jax.vjp(lambda c: q.apply(c, u), cache)
   fz = jax.tree.map(lambda a, b: a + damping * b, fisher_vp(z), z)  # F_γ Q u
   residual = jax.tree.map(jnp.subtract, fz, u)
   if precondition is not None:
     residual = precondition(residual)
-  (grad,) = vjp(jax.lax.stop_gradient(residual))
+  (d_cache,) = apply_vjp(jax.lax.stop_gradient(residual))
+  (grad,) = jax.vjp(q.prepare, lam)[1](d_cache)
   return 0.5 * _dot(z, fz) - _dot(u, z), grad
 
 
@@ -375,7 +382,9 @@ def scale_by_fishleg(
       )
     fisher_vp = functools.partial(hessian_vector_product, lambda p: nll_fn(p, k_y), params)
     precondition = functools.partial(q.apply, state.q_cache) if precondition_aux else None
-    aux_loss, grad_lam = aux_loss_and_grad(q, state.lam, u, fisher_vp, damping, precondition)
+    aux_loss, grad_lam = aux_loss_and_grad(
+      q, state.lam, u, fisher_vp, damping, precondition, cache=state.q_cache
+    )
     step, aux_state = make_aux(aux_learning_rate).update(grad_lam, state.aux_state, state.lam)
     lam = optax.apply_updates(state.lam, step)
     return lam, aux_state, aux_loss.astype(jnp.float32), q.prepare(lam)
