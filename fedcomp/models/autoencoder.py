@@ -11,13 +11,13 @@ networks" (Science); Garcia et al. 2023 (FishLeg, ICLR), the auto-encoder benchm
 import math
 from collections.abc import Sequence
 
-import jax
 from flax import nnx
 
 from fedcomp.errors import ConfigError
+from fedcomp.models.mlp import DenseStack
 
 
-class Model(nnx.Module):
+class Model(DenseStack):
   """flatten -> encoder (ReLU, linear code) -> decoder (ReLU) -> input-sized logits.
 
   Parameters live under dense0 ... dense{2 * len(encoder) - 1}.
@@ -45,17 +45,4 @@ class Model(nnx.Module):
       raise ConfigError(f'config.model.encoder must be positive integers, got {encoder}')
     size = math.prod(input_shape)
     widths = (size, *encoder, *encoder[-2::-1], size)
-    self.num_layers = len(widths) - 1
-    self.code_layer = len(encoder) - 1
-    for i in range(self.num_layers):
-      setattr(self, f'dense{i}', nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
-
-  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
-    """Returns (B, prod(input_shape)) logits of each input unit being on."""
-    del train, rngs  # No dropout.
-    h = x.reshape(x.shape[0], -1)
-    for i in range(self.num_layers):
-      h = getattr(self, f'dense{i}')(h)
-      if i != self.code_layer and i < self.num_layers - 1:
-        h = jax.nn.relu(h)
-    return h
+    self._build(widths, rngs, linear_layers=(len(encoder) - 1,))  # the code layer is linear

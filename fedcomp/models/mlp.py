@@ -9,7 +9,31 @@ from flax import nnx
 from fedcomp.errors import ConfigError
 
 
-class Model(nnx.Module):
+class DenseStack(nnx.Module):
+  """Dense layers `dense0` ... `dense{n-1}` on flattened inputs, ReLU between them.
+
+  Subclasses call `_build` from their __init__; the last layer and those listed in
+  `linear_layers` have no activation.
+  """
+
+  def _build(self, widths: Sequence[int], rngs: nnx.Rngs, linear_layers=()) -> None:
+    self.num_layers = len(widths) - 1
+    self.linear_layers = tuple(linear_layers)
+    for i in range(self.num_layers):
+      setattr(self, f'dense{i}', nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
+
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
+    """Returns (B, widths[-1]) outputs for a batch x (B, *input_shape)."""
+    del train, rngs  # No dropout.
+    h = x.reshape(x.shape[0], -1)
+    for i in range(self.num_layers):
+      h = getattr(self, f'dense{i}')(h)
+      if i < self.num_layers - 1 and i not in self.linear_layers:
+        h = jax.nn.relu(h)
+    return h
+
+
+class Model(DenseStack):
   """MLP classifier; parameters live under `dense0` ... `dense{len(hidden)}`."""
 
   def __init__(
@@ -31,17 +55,4 @@ class Model(nnx.Module):
     hidden = tuple(hidden)
     if any(int(h) != h or h <= 0 for h in hidden):
       raise ConfigError(f'config.model.hidden must be positive integers, got {hidden}')
-    widths = (math.prod(input_shape), *(int(h) for h in hidden), num_classes)
-    self.num_layers = len(widths) - 1
-    for i in range(self.num_layers):
-      setattr(self, f'dense{i}', nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
-
-  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
-    """Returns logits (B, num_classes) for a batch x (B, *input_shape)."""
-    del train, rngs  # No dropout.
-    h = x.reshape(x.shape[0], -1)
-    for i in range(self.num_layers):
-      h = getattr(self, f'dense{i}')(h)
-      if i < self.num_layers - 1:
-        h = jax.nn.relu(h)
-    return h
+    self._build((math.prod(input_shape), *(int(h) for h in hidden), num_classes), rngs)
