@@ -1,9 +1,10 @@
-"""Pieces shared by the configs: the full federated config and argument parsing.
+"""Pieces shared by the configs: the federated config and argument parsing.
 
-Every federated config carries every field any data source, partition, model,
-algorithm or optimizer may take, set to None where unused, so that any of them
-can be switched and set from the command line with the config locked:
-`--config.partition_name=dirichlet --config.partition.alpha=0.1`.
+A config's fixed keys (seed, rounds, ...) are checked by the experiment; each component
+(`data`, `partition`, `task`, `model`, `algorithm`, `aggregator`, `client_tx`,
+`server_tx`, `client_map`) is a dict of the keyword arguments its callee takes, checked
+against the callee's signature, so any of them can be switched and set from the command
+line: `--config.partition_name=dirichlet --config.partition.alpha=0.1`.
 """
 
 import ml_collections
@@ -39,12 +40,14 @@ def parse_arg(arg: str | None, **defaults):
   return out
 
 
-def _fields(**types) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({k: config_dict.placeholder(t) for k, t in types.items()})
-
-
 def federated_config() -> ml_collections.ConfigDict:
-  """A complete federated config with every optional field present and unset."""
+  """A federated config: fixed keys plus one free kwargs dict per component.
+
+  Each `<thing>` dict holds only what differs from the callee's defaults and is checked
+  against the callee's keyword arguments when the run is built (an unknown key fails
+  naming the known ones); set any from the command line, e.g.
+  `--config.partition_name=dirichlet --config.partition.alpha=0.1`.
+  """
   c = ml_collections.ConfigDict()
   c.experiment = 'federated'
   c.seed = 0
@@ -56,38 +59,27 @@ def federated_config() -> ml_collections.ConfigDict:
   c.ckpt_every_rounds = 10
   c.log_every_rounds = 1
   c.eval_batch_size = 1024
-  # How one device runs its share of the cohort: 'vmap', 'map' (lax.map), 'loop'
-  # (unrolled at trace time) or 'auto' (measured best per model on CPU: 'map', one client
-  # at a time with a rolled scan, for conv models with im2col convolutions (the CPU
-  # default, model.conv_impl='auto'); 'loop' with fully unrolled steps for XLA's conv;
-  # 'vmap' with a rolled scan for dense models and on accelerators).
-  c.client_parallelism = 'auto'
-  c.local_steps_unroll = config_dict.placeholder(int)  # None: auto; 0: fully unrolled
-  c.client_chunk_size = config_dict.placeholder(int)  # 'map': clients vmapped per chunk
-  # Ragged clients: each client runs only its own steps (a while_loop) and the cohort is
-  # ordered by size, so 'map' chunks of short clients stop early. Dense models only.
-  c.dynamic_local_steps = False
   c.num_devices = config_dict.placeholder(int)  # None: all devices
+  c.train_examples = config_dict.placeholder(int)  # a random subset of the train set
+  # How a device runs its share of the cohort (fedcomp.experiments.federated.client_map_options):
+  # strategy 'vmap', 'map' (lax.map over chunks of chunk_size clients), 'loop' (unrolled) or
+  # 'auto' (measured best per model on CPU: 'map', one client at a time with a rolled scan,
+  # for conv models with im2col convolutions; 'loop' with fully unrolled steps for XLA's conv;
+  # 'vmap' for dense models and on accelerators); unroll of the local steps (None: auto);
+  # dynamic_steps for ragged clients; reduction_width: results are bit-identical on every
+  # device count that divides it.
+  c.client_map = ml_collections.ConfigDict(
+    {
+      'strategy': 'auto',
+      'chunk_size': config_dict.placeholder(int),
+      'unroll': config_dict.placeholder(int),
+      'dynamic_steps': False,
+      'reduction_width': 8,
+    }
+  )
 
   c.data_name = 'digits'
-  c.data = _fields(
-    path=str,  # idx: folder of MNIST-format files
-    name=str,  # tfds: mnist, fashion_mnist, emnist, cifar10, cifar100, svhn_cropped
-    data_dir=str,  # tfds: where prepared data lives
-    test_fraction=float,  # digits
-    split_seed=int,  # digits
-    alpha=float,  # synthetic(alpha, beta)
-    beta=float,
-    num_devices=int,  # synthetic
-    num_clients=int,  # random: throughput workloads (configs/bench)
-    min_examples=int,
-    max_examples=int,
-    shape=tuple,
-    num_classes=int,
-    test_examples=int,
-    dtype=str,
-  )
-  c.train_examples = config_dict.placeholder(int)  # a random subset of the train set
+  c.data = ml_collections.ConfigDict()
   # Globally shared data (Zhao et al. 2018), the paper's convention: a class-balanced G with
   # |G| = beta * |D| (D: the whole train set) is removed before partitioning; the server
   # trains a warm-up model on G for warmup_epochs (client optimizer and batch size); then
@@ -95,50 +87,19 @@ def federated_config() -> ml_collections.ConfigDict:
   # data. beta = 0 disables it; alpha = 0 keeps G on the server (warm-up only).
   c.shared_data = ml_collections.ConfigDict({'beta': 0.0, 'alpha': 0.0, 'warmup_epochs': 5})
   c.partition_name = 'iid'
-  c.partition = _fields(
-    classes_per_client=int,  # shards
-    alpha=float,  # dirichlet concentration
-    min_size=int,  # dirichlet
-    sigma=float,  # quantity: lognormal spread of client sizes
-  )
-  c.partition.num_clients = 10
-  c.partition.local_test_fraction = 0.2
-
+  c.partition = ml_collections.ConfigDict({'num_clients': 10, 'local_test_fraction': 0.2})
+  c.task_name = 'classification'
+  c.task = ml_collections.ConfigDict()
   c.model_name = 'mlp'
-  c.model = _fields(
-    hidden=tuple,
-    features=tuple,
-    dense=int,
-    dropout=tuple,
-    conv_impl=str,
-    compute_dtype=str,
-    encoder=tuple,
-  )
-
+  c.model = ml_collections.ConfigDict()
   c.algorithm_name = 'fed_avg'
-  c.algorithm = _fields(mu=float, weighting=str, personal_layers=tuple, num_personal_layers=int)
-
+  c.algorithm = ml_collections.ConfigDict()
+  c.aggregator_name = 'mean'
+  c.aggregator = ml_collections.ConfigDict()
   c.client_tx_name = 'sgd'
-  c.client_tx = _fields(
-    learning_rate=float,
-    momentum=float,
-    b1=float,
-    b2=float,
-    eps=float,
-    # fishleg
-    damping=float,
-    aux_learning_rate=float,
-    aux_every=int,
-    u_sampling=str,
-    sgd_learning_rate=float,
-    initial_scale=float,
-    momentum_on=str,
-    precondition_aux=bool,
-  )
-  c.client_tx.learning_rate = 0.1
+  c.client_tx = ml_collections.ConfigDict({'learning_rate': 0.1})
   c.server_tx_name = 'sgd'
-  c.server_tx = _fields(learning_rate=float, momentum=float, b1=float, b2=float, eps=float)
-  c.server_tx.learning_rate = 1.0
+  c.server_tx = ml_collections.ConfigDict({'learning_rate': 1.0})
   return c
 
 

@@ -41,7 +41,7 @@ def get_config(arg=None):
   # Q0 = I / damping: FishLeg's first steps are SGD with rate learning_rate / damping.
   fishleg = {'damping': 0.1, 'aux_learning_rate': 1e-3, 'aux_every': 10, 'momentum': 0.9}
   if arg.model == 'autoencoder':
-    c.task = 'autoencoder'
+    c.task_name = 'reconstruction'
     c.model_name = 'autoencoder'
     c.model = {'encoder': (1000, 500, 250, 30)}
     c.batch_size = 1000
@@ -54,7 +54,7 @@ def get_config(arg=None):
       'momentum': [3e-4, 1e-3, 3e-3],
     }
   elif arg.model == 'cnn':
-    c.task = 'classification'
+    c.task_name = 'classification'
     c.model_name = 'cnn'
     c.model = {'dropout': (0.0, 0.0)}
     fishleg['damping'] = 0.5

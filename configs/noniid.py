@@ -50,7 +50,8 @@ def get_config(arg=None):
     raise ValueError(f'partition={arg.partition!r}; known: {", ".join(PARTITIONS)}')
   c = common.fmnist_ten_clients(arg.rounds, arg.train_examples)
   c.partition_name, k = PARTITIONS[arg.partition]
-  c.partition.classes_per_client = k
+  if k is not None:
+    c.partition.classes_per_client = k
   c.shared_data.beta = arg.beta
   c.shared_data.alpha = arg.alpha
   c.shared_data.warmup_epochs = arg.warmup_epochs

@@ -5,12 +5,12 @@ experiment) lives in a plain dict keyed by its file's name. `lookup` turns an
 unknown name into a one-line error that lists the known ones.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedcomp.errors import ConfigError
 
-__all__ = ['ConfigError', 'check_kwargs', 'lookup']
+__all__ = ['ConfigError', 'check_kwargs', 'check_known_keys', 'lookup']
 
 
 def lookup(registry: Mapping[str, Any], name: str, key: str) -> Any:
@@ -64,3 +64,19 @@ def check_kwargs(fn, kwargs: Mapping[str, Any], key: str, what: str) -> dict[str
       )
     out[name] = value
   return out
+
+
+def check_known_keys(config: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+  """Raises a ConfigError for a key of `config` that is not in `known`.
+
+  Launchers accept new keys on the command line (component dicts such as config.data are
+  free and checked by their callee), so a misspelt fixed key would otherwise be ignored.
+
+  Args:
+    config: a config section.
+    known: its allowed keys.
+    where: the section's name for the message ('config', 'config.shared_data').
+  """
+  unknown = sorted(set(config) - set(known))
+  if unknown:
+    raise ConfigError(f'{where}.{unknown[0]} is unknown; known: {", ".join(sorted(known))}')

@@ -20,7 +20,12 @@ from ml_collections import config_flags
 from fedcomp.errors import ConfigError, TrainingDivergedError
 from fedcomp.utils.xla_flags import set_default_xla_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+# Component dicts (config.data, config.model, ...) are free and checked by their callee, so
+# the command line may add keys to them; fixed keys are checked by the experiment (an
+# unknown one fails naming the known ones).
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file.', lock_config=False, accept_new_attributes=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 flags.mark_flags_as_required(['config', 'workdir'])
 

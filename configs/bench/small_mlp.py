@@ -3,7 +3,7 @@ r"""Throughput: the dispatch-bound small_mlp workload of ../shared/peers.
 784-200-62 MLP, 3,400 clients with ragged sizes (10 to 400 examples, seeded
 log-uniform as the peers' scripts), cohort 100, batch 10, 1 local epoch, client SGD 0.1,
 plain FedAvg. Clients run in vmapped chunks of 5 (`map`), each client only for its own
-steps (`dynamic_local_steps`, the cohort ordered by size): measured 2.5-2.8x plain vmap,
+steps (`client_map.dynamic_steps`, the cohort ordered by size): measured 2.5-2.8x plain vmap,
 whose lanes all run the longest client's 40 steps (mean client: about 10.5).
 
   python -m launch.bench --config=configs/bench/small_mlp.py
@@ -31,9 +31,9 @@ def get_config(arg=None):
   c.model_name = 'mlp'
   c.model.hidden = (200,)
   c.client_tx.learning_rate = 0.1
-  c.client_parallelism = 'map'
-  c.client_chunk_size = 5
-  c.dynamic_local_steps = True
+  c.client_map.strategy = 'map'
+  c.client_map.chunk_size = 7
+  c.client_map.dynamic_steps = True
   if common.parse(arg).runlocal:
     c.data.num_clients = c.partition.num_clients = 200
     c.cohort_size = 8

@@ -1,8 +1,8 @@
 """Federated algorithms by name; each file's `make` returns a FederatedAlgorithm.
 
-`make(*, loss_fn, client_tx, server_tx, **kwargs)`: loss_fn(params, batch, key) ->
-(mean loss, sums) from fedcomp.core.losses; client_tx and server_tx are optax
-transformations built from the config.
+`make(ctx, **kwargs)`: ctx is the fedcomp.core.AlgorithmContext (model, task, client
+optimizer step, server optimizer, aggregator, cohort fraction); kwargs come from
+config.algorithm and are checked against the signature.
 """
 
 from fedcomp.algorithms import fed_avg, fed_per, fed_prox, scaffold

@@ -1,68 +1,57 @@
-"""FedAvg with a server optimizer (FedAvg, FedAvgM, FedAdam, FedYogi, ...).
+"""FedAvg with a server optimizer (FedAvg, FedAvgM, FedAdam, FedYogi, ...) and FedBN.
 
-Each client starts from the server params, runs local optimizer steps and sends
-back the pseudo-gradient Δ = server params − local params. The server averages
-the Δs (weighted by examples, or uniformly) and applies its own optax
-optimizer to the mean: `sgd(1.0)` is plain FedAvg, `sgd(η)` FedAvg with server
-learning rate η, `momentum` FedAvgM, `adam`/`yogi`/`adagrad` the FedOpt family.
+Each client starts from the server model, runs local optimizer steps and sends back the
+pseudo-gradient Δ = server params − local params. The server aggregates the Δs (the
+context's aggregator: weighted mean by examples or uniformly, or a robust rule) and applies
+its own optax optimizer to the aggregate: `sgd(1.0)` is plain FedAvg, `sgd(η)` FedAvg with
+server learning rate η, `momentum` FedAvgM, `adam`/`yogi`/`adagrad` the FedOpt family.
 
-References: McMahan et al. 2017, "Communication-Efficient Learning of Deep
-Networks from Decentralized Data"; Reddi et al. 2021, "Adaptive Federated
-Optimization".
+Model state (BatchNorm statistics) is averaged with the parameters by default: the server's
+new statistics are the aggregate of the clients' final ones. With `local_batch_norm`
+(FedBN) the normalisation layers' parameters and all statistics stay on each client (a row
+of the per-client state table) and are never averaged; each client evaluates with its own.
+
+References: McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data"; Reddi et al. 2021, "Adaptive Federated Optimization"; Li et al. 2021,
+"FedBN: Federated Learning on Non-IID Features via Local Batch Normalization" (ICLR).
 """
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from fedcomp.core.algorithm import ClientOutput, FederatedAlgorithm
-from fedcomp.registry import ConfigError
+from fedcomp.algorithms.local_leaves import LocalLeaves
+from fedcomp.core.algorithm import AlgorithmContext, ClientOutput, FederatedAlgorithm
+from fedcomp.errors import ConfigError
+from fedcomp.utils.param_paths import leaf_paths
 
 WEIGHTINGS = ('examples', 'uniform')
 
 
 class ServerState(NamedTuple):
   params: Any
+  model_state: Any
   opt_state: Any
 
 
 class LocalState(NamedTuple):
   params: Any
+  model_state: Any
   opt_state: Any
   anchor: Any  # the server params this round started from
+
+
+class Update(NamedTuple):
+  params: Any  # server params − local params (zeros on local leaves)
+  model_state: Any  # server model state − local model state (zeros when it is local)
 
 
 def client_weight(weighting: str, num_examples: jax.Array) -> jax.Array:
   """Aggregation weight: the example count, or 1 for any client that has data."""
   n = num_examples.astype(jnp.float32)
   return n if weighting == 'examples' else (n > 0).astype(jnp.float32)
-
-
-def optimizer_update(tx, grads, opt_state, params, sampled_nll, batch, key):
-  """tx.update, passing `nll_fn` and `key` to optimizers that take extra arguments.
-
-  Args:
-    tx: the optax transformation.
-    grads: the gradients.
-    opt_state: its state.
-    params: the current params.
-    sampled_nll: None, or (params, batch, key) -> NLL of model-sampled targets.
-    batch: the minibatch the gradients came from.
-    key: the step's key; the sampled targets use fold_in(key, 1).
-
-  Returns:
-    (updates, new opt_state).
-  """
-  if sampled_nll is None or not isinstance(tx, optax.GradientTransformationExtraArgs):
-    return tx.update(grads, opt_state, params)
-
-  def nll_fn(p, k):
-    return sampled_nll(p, batch, k)
-
-  return tx.update(grads, opt_state, params, nll_fn=nll_fn, key=jax.random.fold_in(key, 1))
 
 
 def check_weighting(weighting: str) -> None:
@@ -72,81 +61,142 @@ def check_weighting(weighting: str) -> None:
     )
 
 
-def make(
+def norm_leaves(ctx: AlgorithmContext) -> tuple[bool, ...]:
+  """The mask of the model's normalisation-layer parameters (FedBN's local leaves)."""
+  norm = set(ctx.model.norm_paths)
+  return tuple(p in norm for p in leaf_paths(ctx.model.params))
+
+
+def build(
+  ctx: AlgorithmContext,
   *,
-  loss_fn: Callable,
-  client_tx: optax.GradientTransformation,
-  server_tx: optax.GradientTransformation,
   weighting: str = 'examples',
   proximal_mu: float = 0.0,
   keep_client_opt_state: bool = False,
-  sampled_nll: Callable | None = None,
+  local: LocalLeaves | None = None,
 ) -> FederatedAlgorithm:
-  """Builds FedAvg (and, with proximal_mu > 0, FedProx's local objective).
+  """The FedAvg family with some leaves kept local (FedPer's heads, FedBN's norms).
 
   Args:
-    loss_fn: loss_fn(params, batch, key) -> (mean loss, sums).
-    client_tx: the local optimizer (reset every round).
-    server_tx: the server optimizer applied to the mean pseudo-gradient.
-    weighting: 'examples' (each client weighted by its example count) or
-      'uniform'.
-    proximal_mu: FedProx's μ: adds μ/2·‖w − w_server‖² to the local loss.
-    keep_client_opt_state: keep each client's optimizer state (e.g. FishLeg's λ,
-      Adam's moments) in its row of the per-client state table across rounds,
-      instead of a fresh state every round (config.algorithm.keep_client_opt_state).
-    sampled_nll: (params, batch, key) -> NLL of model-sampled targets, passed to the
-      client optimizer as `nll_fn` with a `key` (curvature-aware optimizers such as
-      FishLeg); the federated trainer sets it.
+    ctx: the algorithm context.
+    weighting: 'examples' or 'uniform' client weights.
+    proximal_mu: FedProx's μ >= 0 (μ/2·‖w − w_server‖² added to the local loss).
+    keep_client_opt_state: keep each client's optimizer state in its table row.
+    local: the leaves (and model state) that stay on the clients.
 
   Returns:
-    The FederatedAlgorithm.
+    The FederatedAlgorithm; its table row is a dict with 'opt_state' (if kept),
+    'params' (the local leaves) and 'model_state' (if local), each present only when used.
   """
   check_weighting(weighting)
-  if proximal_mu < 0:
+  local = local or LocalLeaves()
+  if not proximal_mu >= 0:
     raise ConfigError(f'config.algorithm.mu={proximal_mu} must be >= 0')
+  opt, server_tx = ctx.client_optimizer, ctx.server_tx
 
-  def local_loss(params, anchor, batch, key):
-    loss, stats = loss_fn(params, batch, key)
-    if proximal_mu:
+  def proximal(anchor):
+    def term(params):
       sq = sum(
         jnp.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor))
       )
-      loss = loss + 0.5 * proximal_mu * sq
-    return loss, stats
+      return 0.5 * proximal_mu * sq
 
-  grad_fn = jax.grad(local_loss, has_aux=True)
+    return term
 
-  def server_init(params):
-    return ServerState(params, server_tx.init(params))
+  def row_of(params, model_state, opt_state):
+    row = {}
+    if keep_client_opt_state:
+      row['opt_state'] = opt_state
+    if local.mask is not None:
+      row['params'] = local.take(params)
+    if local.state:
+      row['model_state'] = model_state
+    return row
+
+  def client_model(server, row):
+    params = local.merge(server.params, row['params']) if local.mask is not None else server.params
+    return params, row['model_state'] if local.state else server.model_state
+
+  def server_init(params, model_state):
+    return ServerState(params, model_state, server_tx.init(params))
+
+  def client_state_init(params, model_state):
+    return row_of(params, model_state, opt.init(params) if keep_client_opt_state else None)
 
   def client_init(server, row, key):
     del key
-    opt_state = row if keep_client_opt_state else client_tx.init(server.params)
-    return LocalState(server.params, opt_state, server.params)
+    params, model_state = client_model(server, row)
+    opt_state = row['opt_state'] if keep_client_opt_state else opt.init(params)
+    return LocalState(params, model_state, opt_state, server.params)
 
-  def client_step(local, batch, key):
-    grads, stats = grad_fn(local.params, local.anchor, batch, key)
-    updates, opt_state = optimizer_update(
-      client_tx, grads, local.opt_state, local.params, sampled_nll, batch, key
+  def client_step(local_state, batch, key):
+    params, model_state, opt_state, sums, _ = ctx.local_step(
+      local_state.params,
+      local_state.model_state,
+      local_state.opt_state,
+      batch,
+      key,
+      extra_loss=proximal(local_state.anchor) if proximal_mu else None,
     )
-    params = optax.apply_updates(local.params, updates)
-    return LocalState(params, opt_state, local.anchor), stats
+    return LocalState(params, model_state, opt_state, local_state.anchor), sums
 
-  def client_final(server, local, row, num_examples):
-    delta = jax.tree.map(lambda s, p: s - p, server.params, local.params)
-    new_row = local.opt_state if keep_client_opt_state else row
-    return ClientOutput(delta, client_weight(weighting, num_examples), new_row)
+  def client_final(server, local_state, row, num_examples):
+    del row
+    delta = jax.tree.map(jnp.subtract, server.params, local_state.params)
+    state_delta = jax.tree.map(jnp.subtract, server.model_state, local_state.model_state)
+    if local.state:
+      state_delta = jax.tree.map(jnp.zeros_like, state_delta)
+    update = Update(local.zero_local(delta), state_delta)
+    new_row = row_of(local_state.params, local_state.model_state, local_state.opt_state)
+    return ClientOutput(update, client_weight(weighting, num_examples), new_row)
 
-  def server_update(server, mean_delta):
-    updates, opt_state = server_tx.update(mean_delta, server.opt_state, server.params)
-    return ServerState(optax.apply_updates(server.params, updates), opt_state)
+  def server_update(server, aggregate):
+    updates, opt_state = server_tx.update(aggregate.params, server.opt_state, server.params)
+    model_state = jax.tree.map(jnp.subtract, server.model_state, aggregate.model_state)
+    return ServerState(optax.apply_updates(server.params, updates), model_state, opt_state)
+
+  def global_model(server, table):
+    mean_row = jax.tree.map(lambda t: t.mean(0), table)
+    return client_model(server, mean_row)
 
   return FederatedAlgorithm(
     server_init=server_init,
-    client_state_init=lambda params: client_tx.init(params) if keep_client_opt_state else {},
+    client_state_init=client_state_init,
     client_init=client_init,
     client_step=client_step,
     client_final=client_final,
     server_update=server_update,
-    server_params=lambda server: server.params,
+    server_model=lambda server: (server.params, server.model_state),
+    reducer=ctx.aggregator,
+    personal_model=client_model if local.any else None,
+    global_model=global_model if local.any else None,
   )
+
+
+def make(
+  ctx: AlgorithmContext,
+  /,
+  *,
+  weighting: str = 'examples',
+  keep_client_opt_state: bool = False,
+  local_batch_norm: bool = False,
+) -> FederatedAlgorithm:
+  """Builds FedAvg (with the context's server optimizer and aggregator).
+
+  Args:
+    ctx: the algorithm context.
+    weighting: 'examples' (each client weighted by its example count) or 'uniform'
+      (config.algorithm.weighting).
+    keep_client_opt_state: keep each client's optimizer state (e.g. FishLeg's λ, Adam's
+      moments) in its row of the per-client state table across rounds, instead of a fresh
+      state every round (config.algorithm.keep_client_opt_state).
+    local_batch_norm: FedBN: normalisation layers and their statistics stay on each client
+      (config.algorithm.local_batch_norm).
+
+  Returns:
+    The FederatedAlgorithm.
+  """
+  local = LocalLeaves(norm_leaves(ctx), True) if local_batch_norm else LocalLeaves()
+  if local_batch_norm and not ctx.model.state and not any(local.mask):
+    raise ConfigError('config.algorithm.local_batch_norm: the model has no normalisation layers')
+  return build(ctx, weighting=weighting, keep_client_opt_state=keep_client_opt_state, local=local)

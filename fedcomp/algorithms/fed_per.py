@@ -4,24 +4,22 @@ Each client keeps its own copy of the personal layers (the "head") in its row of
 the per-client state table. In a round it combines the server's base with its
 head, trains both locally, sends back only the base's pseudo-gradient and keeps
 the new head. The server averages bases only; heads are never aggregated and
-persist across rounds and checkpoints (they are part of the table).
+persist across rounds and checkpoints (they are part of the table). It is the
+FedAvg family (fedcomp.algorithms.fed_avg.build) with the head as local leaves.
 
-Evaluation: `personal_params` is a client's own model (server base + its head);
-`global_params` is the server base with the example-unweighted mean of all
-clients' heads, assembled for evaluation only (training never sends heads).
+Evaluation: `personal_model` is a client's own model (server base + its head);
+`global_model` is the server base with the unweighted mean of all clients' heads,
+assembled for evaluation only (training never sends heads).
 
 References: Arivazhagan et al. 2019, "Federated Learning with Personalization
 Layers" (arXiv 1912.00818).
 """
 
-from collections.abc import Callable, Sequence
-
-import jax
-import jax.numpy as jnp
-import optax
+from collections.abc import Sequence
 
 from fedcomp.algorithms import fed_avg
-from fedcomp.core.algorithm import ClientOutput, FederatedAlgorithm
+from fedcomp.algorithms.local_leaves import LocalLeaves
+from fedcomp.core.algorithm import AlgorithmContext, FederatedAlgorithm
 from fedcomp.errors import ConfigError
 from fedcomp.utils.param_paths import last_layers, leaf_paths, select_leaves
 
@@ -57,30 +55,27 @@ def personal_mask(params, personal_layers: Sequence[str] | None, num_personal_la
 
 
 def make(
+  ctx: AlgorithmContext,
+  /,
   *,
-  loss_fn: Callable,
-  client_tx: optax.GradientTransformation,
-  server_tx: optax.GradientTransformation,
   personal_layers: Sequence[str] | None = None,
   num_personal_layers: int = 1,
   weighting: str = 'examples',
-  sampled_nll: Callable | None = None,
+  local_batch_norm: bool = False,
 ) -> FederatedAlgorithm:
   """Builds FedPer.
 
   Args:
-    loss_fn: loss_fn(params, batch, key) -> (mean loss, sums).
-    client_tx: the local optimizer (its state is reset every round).
-    server_tx: the server optimizer applied to the mean base pseudo-gradient.
+    ctx: the algorithm context.
     personal_layers: regexes over parameter paths (e.g. ['dense1/.*']) choosing the
       personal leaves (config.algorithm.personal_layers).
     num_personal_layers: with personal_layers unset, the last this many layers are
       personal (config.algorithm.num_personal_layers; K_P in the paper).
     weighting: 'examples' or 'uniform' aggregation of the bases.
-    sampled_nll: passed to fed_avg.make (curvature-aware client optimizers).
+    local_batch_norm: also keep the normalisation layers and statistics local (FedBN).
 
   Returns:
-    The FederatedAlgorithm; its table row is the list of personal leaves.
+    The FederatedAlgorithm; its table row's 'params' are the personal leaves.
   """
   if isinstance(personal_layers, str):
     personal_layers = [personal_layers]
@@ -88,49 +83,7 @@ def make(
     raise ConfigError(
       f'config.algorithm.num_personal_layers={num_personal_layers!r} must be an int >= 1'
     )
-  base = fed_avg.make(
-    loss_fn=loss_fn,
-    client_tx=client_tx,
-    server_tx=server_tx,
-    weighting=weighting,
-    sampled_nll=sampled_nll,
-  )
-
-  def mask_of(params):
-    return personal_mask(params, personal_layers, num_personal_layers)
-
-  def head(params):
-    return [leaf for leaf, m in zip(jax.tree.leaves(params), mask_of(params)) if m]
-
-  def merge(params, row):
-    leaves, treedef = jax.tree.flatten(params)
-    own = iter(row)
-    mask = mask_of(params)
-    return jax.tree.unflatten(treedef, [next(own) if m else p for p, m in zip(leaves, mask)])
-
-  def client_init(server, row, key):
-    del key
-    params = merge(server.params, row)
-    return fed_avg.LocalState(params, client_tx.init(params), server.params)
-
-  def client_final(server, local, row, num_examples):
-    del row
-    delta = jax.tree.map(lambda s, p: s - p, server.params, local.params)
-    leaves, treedef = jax.tree.flatten(delta)
-    base_only = [jnp.zeros_like(d) if m else d for d, m in zip(leaves, mask_of(server.params))]
-    weight = fed_avg.client_weight(weighting, num_examples)
-    return ClientOutput(jax.tree.unflatten(treedef, base_only), weight, head(local.params))
-
-  def personal_params(server, row):
-    return merge(server.params, row)
-
-  def global_params(server, table):
-    return merge(server.params, [t.mean(0) for t in table])
-
-  return base._replace(
-    client_state_init=head,
-    client_init=client_init,
-    client_final=client_final,
-    personal_params=personal_params,
-    global_params=global_params,
-  )
+  mask = personal_mask(ctx.model.params, personal_layers, num_personal_layers)
+  if local_batch_norm:
+    mask = tuple(a or b for a, b in zip(mask, fed_avg.norm_leaves(ctx)))
+  return fed_avg.build(ctx, weighting=weighting, local=LocalLeaves(mask, local_batch_norm))

@@ -1,44 +1,39 @@
 """FedProx: FedAvg whose clients minimise loss + μ/2·‖w − w_server‖².
 
-References: Li et al. 2020, "Federated Optimization in Heterogeneous Networks"
-(MLSys).
+References: Li et al. 2020, "Federated Optimization in Heterogeneous Networks" (MLSys).
 """
 
-from collections.abc import Callable
-
-import optax
-
 from fedcomp.algorithms import fed_avg
-from fedcomp.core.algorithm import FederatedAlgorithm
+from fedcomp.algorithms.local_leaves import LocalLeaves
+from fedcomp.core.algorithm import AlgorithmContext, FederatedAlgorithm
 
 
 def make(
+  ctx: AlgorithmContext,
+  /,
   *,
-  loss_fn: Callable,
-  client_tx: optax.GradientTransformation,
-  server_tx: optax.GradientTransformation,
   mu: float = 0.01,
   weighting: str = 'examples',
-  sampled_nll: Callable | None = None,
+  keep_client_opt_state: bool = False,
+  local_batch_norm: bool = False,
 ) -> FederatedAlgorithm:
   """Builds FedProx.
 
   Args:
-    loss_fn: loss_fn(params, batch, key) -> (mean loss, sums).
-    client_tx: the local optimizer.
-    server_tx: the server optimizer.
-    mu: the proximal coefficient μ ≥ 0 (μ = 0 is FedAvg).
+    ctx: the algorithm context.
+    mu: the proximal coefficient μ >= 0 (config.algorithm.mu).
     weighting: 'examples' or 'uniform'.
-    sampled_nll: passed to fed_avg.make (curvature-aware client optimizers).
+    keep_client_opt_state: see fed_avg.make.
+    local_batch_norm: see fed_avg.make (FedBN).
 
   Returns:
     The FederatedAlgorithm.
   """
-  return fed_avg.make(
-    loss_fn=loss_fn,
-    client_tx=client_tx,
-    server_tx=server_tx,
+  local = LocalLeaves(fed_avg.norm_leaves(ctx), True) if local_batch_norm else LocalLeaves()
+  return fed_avg.build(
+    ctx,
     weighting=weighting,
     proximal_mu=mu,
-    sampled_nll=sampled_nll,
+    keep_client_opt_state=keep_client_opt_state,
+    local=local,
   )

@@ -1,51 +1,56 @@
-"""Centralised minibatch training: one jitted call per epoch over on-device data.
+"""Centralised minibatch training: the federated clients' step code on one "client".
 
-Used for the server's warm-up model on globally shared data and as the
-centralised-SGD reference of the weight-divergence experiment.
+Used for the server's warm-up model on globally shared data and as the centralised-SGD
+reference of the weight-divergence experiment. One epoch is one jitted call of
+`run_local_steps` over the whole (on-device) training set as a single client, so it
+trains exactly as a federated client does: the same shuffle, masks, step keys and
+optimizer step (with FishLeg's extra arguments and the post-update hook).
 """
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from fedcomp.core.local_steps import run_local_steps
+from fedcomp.core.optimizer_step import OptimizerStep, train_step
 
 
-def make_epoch_fn(loss_fn: Callable, tx: optax.GradientTransformation, batch_size: int):
+def make_epoch_fn(task, apply, step: OptimizerStep, batch_size: int):
   """A jitted function that runs one shuffled epoch of minibatch steps.
 
   The last partial batch is kept (masked), so every example is seen once per epoch.
 
   Args:
-    loss_fn: loss_fn(params, batch, key) -> (mean loss, sums) with batch
-      {'x', 'y', 'mask'} (fedcomp.core.classification_loss).
-    tx: the optax optimizer.
+    task: the Task (loss and sampled NLL).
+    apply: the model's apply.
+    step: the OptimizerStep.
     batch_size: examples per step.
 
   Returns:
-    epoch(params, opt_state, x, y, key) -> (params, opt_state, sums) where sums are
-    the epoch's {'loss', 'accuracy', 'count'} over its examples.
+    epoch(params, model_state, opt_state, arrays, key) -> (params, model_state, opt_state,
+    sums) where arrays are the data's per-example arrays (N, ...) and sums the epoch's
+    task sums (with 'count').
   """
-  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def loss(p, s, batch, key):
+    return task.loss(apply, p, s, batch, key)
+
+  nll_of = None
+  if task.sampled_nll is not None:
+    nll_of = lambda s, batch: lambda p, k: task.sampled_nll(apply, p, s, batch, k)  # noqa: E731
+
+  def one_step(carry, batch, key):
+    params, model_state, opt_state = carry
+    params, model_state, opt_state, sums, _ = train_step(
+      loss, step, params, model_state, opt_state, batch, key, nll_of=nll_of
+    )
+    return (params, model_state, opt_state), sums
 
   @jax.jit
-  def epoch(params, opt_state, x, y, key):
-    n = x.shape[0]
-    steps = -(-n // batch_size)
-    k_order, k_steps = jax.random.split(key)
-    order = jax.random.permutation(k_order, n)
-    order = jnp.pad(order, (0, steps * batch_size - n)).reshape(steps, batch_size)
-    valid = (jnp.arange(steps * batch_size) < n).reshape(steps, batch_size)
-
-    def step(carry, inputs):
-      params, opt_state = carry
-      idx, mask, k = inputs
-      grads, stats = grad_fn(params, {'x': x[idx], 'y': y[idx], 'mask': mask}, k)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (params := optax.apply_updates(params, updates), opt_state), stats
-
-    keys = jax.random.split(k_steps, steps)
-    (params, opt_state), stats = jax.lax.scan(step, (params, opt_state), (order, valid, keys))
-    return params, opt_state, jax.tree.map(lambda s: s.sum(0), stats)
+  def epoch(params, model_state, opt_state, arrays, key):
+    mask = jnp.ones(len(arrays['x']), bool)
+    (params, model_state, opt_state), sums = run_local_steps(
+      one_step, (params, model_state, opt_state), arrays, mask, key, epochs=1, batch_size=batch_size
+    )
+    return params, model_state, opt_state, sums
 
   return epoch

@@ -17,29 +17,37 @@ DEFAULT_LOCAL_TEST_FRACTION = 0.2
 
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
-  """Client data packed by client: client c owns rows offsets[c]:offsets[c + 1].
+  """Client data packed by client: client c owns rows offsets[c]:offsets[c + 1] of each array.
 
   Attributes:
-    x: (sum of client train sizes, *feature_shape) float32 local train data.
-    y: (sum of client train sizes,) int32.
+    train: name -> packed local train arrays ('x', and 'y' for labelled data, and any other
+      per-example arrays of the source).
     offsets: (num_clients + 1,) int64 row offsets of each client's train data.
-    test_x: each client's local test split, packed the same way.
-    test_y: int32 labels of test_x.
-    test_offsets: (num_clients + 1,) int64 row offsets into test_x.
-    global_test_x: the source's test set.
-    global_test_y: its int32 labels.
-    num_classes: number of classes.
+    test: each client's local test split, packed the same way (same keys).
+    test_offsets: (num_clients + 1,) int64 row offsets into the test arrays.
+    global_test: the source's test set (same keys; 'x' float32).
+    num_classes: number of classes of 'y', or None for unlabelled data.
   """
 
-  x: np.ndarray
-  y: np.ndarray
+  train: Mapping[str, np.ndarray]
   offsets: np.ndarray
-  test_x: np.ndarray
-  test_y: np.ndarray
+  test: Mapping[str, np.ndarray]
   test_offsets: np.ndarray
-  global_test_x: np.ndarray
-  global_test_y: np.ndarray
-  num_classes: int
+  global_test: Mapping[str, np.ndarray]
+  num_classes: int | None
+
+  @property
+  def x(self) -> np.ndarray:
+    return self.train['x']
+
+  @property
+  def y(self) -> np.ndarray | None:
+    return self.train.get('y')
+
+  @property
+  def keys(self) -> tuple[str, ...]:
+    """The names of the per-example arrays, in sorted order."""
+    return tuple(sorted(self.train))
 
   @property
   def num_clients(self) -> int:
@@ -69,8 +77,8 @@ class FederatedData:
 
   def gather(
     self, client_ids: np.ndarray, pad_to: int, split: str = 'train'
-  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns the data of `client_ids`, each padded to `pad_to` rows (one fancy-index).
+  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Returns the data of `client_ids`, each padded to `pad_to` rows.
 
     Args:
       client_ids: (K,) client ids; ids >= num_clients are padding clients (all masked).
@@ -78,14 +86,13 @@ class FederatedData:
       split: 'train' (local train data) or 'test' (local test data).
 
     Returns:
-      x (K, pad_to, *feature_shape) float32 (uint8 storage scaled to [0, 1]) with zero
-      padding rows, y (K, pad_to) int32 (0 where padded), mask (K, pad_to) bool (True on
-      real rows).
+      (arrays, mask): name -> (K, pad_to, ...) with zero padding rows (uint8 inputs
+      scaled to float32 in [0, 1]), and mask (K, pad_to) bool, True on real rows.
     """
     if split == 'train':
-      x, y, offsets = self.x, self.y, self.offsets
+      arrays, offsets = self.train, self.offsets
     elif split == 'test':
-      x, y, offsets = self.test_x, self.test_y, self.test_offsets
+      arrays, offsets = self.test, self.test_offsets
     else:
       raise ValueError(f"split={split!r}; expected 'train' or 'test'")
     ids = np.asarray(client_ids, np.int64).reshape(-1)
@@ -100,16 +107,35 @@ class FederatedData:
     if (sizes > pad_to).any():
       worst = int(np.argmax(sizes))
       raise ValueError(f'pad_to={pad_to} < size {sizes[worst]} of client {ids[worst]} ({split})')
-    pos = np.arange(pad_to)
-    mask = pos[None, :] < sizes[:, None]
-    # A client's rows are one contiguous slice of the packed arrays: copy only those
-    # (host memcpy per client, 4-5x faster than a fancy index over the padded rows).
-    gx = np.zeros((len(ids), pad_to, *x.shape[1:]), np.float32)
-    gy = np.zeros((len(ids), pad_to), np.int32)
-    for i, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist())):
-      gx[i, :size] = as_float(x[start : start + size])
-      gy[i, :size] = y[start : start + size]
-    return gx, gy, mask
+    mask = np.arange(pad_to)[None, :] < sizes[:, None]
+    out = {}
+    for name, a in arrays.items():
+      # A client's rows are one contiguous slice of the packed arrays: copy only those
+      # (host memcpy per client, 4-5x faster than a fancy index over the padded rows).
+      g = np.zeros((len(ids), pad_to, *a.shape[1:]), batch_dtype(a.dtype))
+      for i, (start, size) in enumerate(zip(starts.tolist(), sizes.tolist())):
+        g[i, :size] = a[start : start + size]  # uint8 -> float32 below
+      if a.dtype == np.uint8:
+        g *= np.float32(1 / 255)
+      out[name] = g
+    return out, mask
+
+
+def batch_dtype(dtype: np.dtype) -> np.dtype:
+  """The dtype an array has in a batch: uint8 -> float32 (scaled), ints -> int32, else float32."""
+  if dtype == np.uint8 or np.issubdtype(dtype, np.floating):
+    return np.dtype(np.float32)
+  if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+    return np.dtype(np.int32)
+  raise ValueError(f'per-example arrays must be numeric, got {dtype}')
+
+
+def as_batch(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every array in its batch dtype (see batch_dtype); uint8 scaled to [0, 1]."""
+  return {
+    k: as_float(v) if v.dtype == np.uint8 else v.astype(batch_dtype(v.dtype), copy=False)
+    for k, v in arrays.items()
+  }
 
 
 def as_float(x: np.ndarray) -> np.ndarray:
@@ -175,11 +201,11 @@ def build_federated_data(
   if len(empty):
     raise ConfigError(
       f'config.partition: client {empty[0]} has no examples; {partition_name!r} with '
-      f'num_clients={num_clients} on {len(dataset.train_y)} examples leaves '
+      f'num_clients={num_clients} on {dataset.num_train} examples leaves '
       f'{len(empty)} client(s) empty; lower num_clients or change the partition kwargs'
     )
   indices = np.concatenate(parts).astype(np.int64)
-  if len(parts) != num_clients or (np.bincount(indices, minlength=len(dataset.train_y)) != 1).any():
+  if len(parts) != num_clients or (np.bincount(indices, minlength=dataset.num_train) != 1).any():
     raise RuntimeError(f'partition {partition_name!r} does not cover each example exactly once')
   client_of = np.repeat(np.arange(num_clients), sizes)
   # Random order within each client; the first test_sizes[c] rows of client c are its test set.
@@ -194,19 +220,22 @@ def build_federated_data(
   # A partition that keeps every example in place (e.g. `natural` on grouped data)
   # shares the source's arrays instead of copying them: data sets of many clients
   # then cost their size once in host memory.
-  in_place = np.array_equal(train_rows, np.arange(len(dataset.train_y)))
+  in_place = np.array_equal(train_rows, np.arange(dataset.num_train))
 
   def offsets(s):
     return np.concatenate([[0], np.cumsum(s)]).astype(np.int64)
 
+  def packed(a):
+    if in_place:
+      return a if a.dtype == np.uint8 else a.astype(batch_dtype(a.dtype), copy=False)
+    a = a[train_rows]
+    return a if a.dtype == np.uint8 else a.astype(batch_dtype(a.dtype), copy=False)
+
   return FederatedData(
-    x=dataset.train_x if in_place else dataset.train_x[train_rows],
-    y=dataset.train_y[train_rows].astype(np.int32, copy=False),
+    train={k: packed(v) for k, v in dataset.train.items()},
     offsets=offsets(sizes - test_sizes),
-    test_x=as_float(dataset.train_x[test_rows]),
-    test_y=dataset.train_y[test_rows].astype(np.int32),
+    test=as_batch({k: v[test_rows] for k, v in dataset.train.items()}),
     test_offsets=offsets(test_sizes),
-    global_test_x=as_float(dataset.test_x),
-    global_test_y=dataset.test_y.astype(np.int32),
+    global_test=as_batch(dataset.test),
     num_classes=dataset.num_classes,
   )

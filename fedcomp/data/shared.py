@@ -20,19 +20,17 @@ from fedcomp.data.federated import FederatedData
 from fedcomp.errors import ConfigError
 
 
-def carve_shared(
-  dataset: Dataset, beta: float, seed: int
-) -> tuple[Dataset, np.ndarray, np.ndarray]:
+def carve_shared(dataset: Dataset, beta: float, seed: int) -> tuple[Dataset, dict[str, np.ndarray]]:
   """Removes a class-balanced shared set G with round(β·N) examples from the train set.
 
   Args:
-    dataset: the source's dataset (N train examples).
+    dataset: the source's dataset (N train examples, labelled).
     beta: |G| / N (config.shared_data.beta), in (0, 1).
     seed: run seed.
 
   Returns:
-    (the dataset without G, G's x, G's y). Classes share |G| as evenly as their
-    sizes allow; ties go to the lower class ids.
+    (the dataset without G, G: name -> array, every per-example array of the train set).
+    Classes share |G| as evenly as their sizes allow; ties go to the lower class ids.
   """
   if not 0.0 < beta < 1.0:
     raise ConfigError(f'config.shared_data.beta={beta} must be in (0, 1) (0 disables)')
@@ -51,8 +49,9 @@ def carve_shared(
   keep = np.ones(len(y), bool)
   keep[chosen] = False
   chosen = rng.permutation(chosen)
-  rest = dataclasses.replace(dataset, train_x=dataset.train_x[keep], train_y=y[keep])
-  return rest, dataset.train_x[chosen], y[chosen]
+  return dataset.select_train(np.flatnonzero(keep)), {
+    k: v[chosen] for k, v in dataset.train.items()
+  }
 
 
 def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
@@ -72,14 +71,13 @@ def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
 
 
 def merge_shared(
-  fd: FederatedData, shared_x: np.ndarray, shared_y: np.ndarray, alpha: float, seed: int
+  fd: FederatedData, shared: dict[str, np.ndarray], alpha: float, seed: int
 ) -> FederatedData:
   """Appends to each client's train data its own random α share of G.
 
   Args:
     fd: the partitioned data (clients' own examples, without G).
-    shared_x: G's examples.
-    shared_y: G's labels.
+    shared: G's per-example arrays (the keys of fd.train).
     alpha: the share of G each client receives (config.shared_data.alpha), in [0, 1].
     seed: run seed.
 
@@ -89,16 +87,17 @@ def merge_shared(
   """
   if not 0.0 <= alpha <= 1.0:
     raise ConfigError(f'config.shared_data.alpha={alpha} must be in [0, 1]')
-  share = int(round(alpha * len(shared_y)))
+  count = len(shared['x'])
+  share = int(round(alpha * count))
   if share == 0:
     return fd
   rng = np.random.default_rng([seed, 8])
-  picks = np.stack([rng.choice(len(shared_y), share, replace=False) for _ in range(fd.num_clients)])
-  sizes = fd.client_sizes
-  xs, ys = [], []
-  for c in range(fd.num_clients):  # host-side assembly, once per run
-    lo, hi = fd.offsets[c], fd.offsets[c + 1]
-    xs += [fd.x[lo:hi], shared_x[picks[c]].astype(fd.x.dtype)]
-    ys += [fd.y[lo:hi], shared_y[picks[c]].astype(np.int32)]
-  offsets = np.concatenate([[0], np.cumsum(sizes + share)]).astype(np.int64)
-  return dataclasses.replace(fd, x=np.concatenate(xs), y=np.concatenate(ys), offsets=offsets)
+  picks = np.stack([rng.choice(count, share, replace=False) for _ in range(fd.num_clients)])
+  train = {}
+  for name, packed in fd.train.items():
+    parts = []
+    for c in range(fd.num_clients):  # host-side assembly, once per run
+      parts += [packed[fd.offsets[c] : fd.offsets[c + 1]], shared[name][picks[c]]]
+    train[name] = np.concatenate(parts).astype(packed.dtype, copy=False)
+  offsets = np.concatenate([[0], np.cumsum(fd.client_sizes + share)]).astype(np.int64)
+  return dataclasses.replace(fd, train=train, offsets=offsets)

@@ -66,26 +66,31 @@ def partition_summary(fd) -> dict[str, Any]:
     fd: the FederatedData.
 
   Returns:
-    dict with num_clients, num_classes, client_sizes, test_sizes, size stats,
-    histograms (train, per client), emd (per client) and emd_mean, emd_max and
-    emd_weighted_mean (weighted by client train size).
+    dict with num_clients, num_classes, client_sizes, test_sizes, size stats and, for
+    labelled data, histograms (train, per client), emd (per client) and emd_mean, emd_max
+    and emd_weighted_mean (weighted by client train size).
   """
-  hist = label_histograms(fd.y, fd.offsets, fd.num_classes)
-  emd = earth_movers_distance(hist)
   sizes = fd.client_sizes
-  stats = _describe(emd, sizes.astype(np.float64))
-  return {
+  summary = {
     'num_clients': int(fd.num_clients),
-    'num_classes': int(fd.num_classes),
+    'num_classes': None if fd.num_classes is None else int(fd.num_classes),
     'num_train': int(sizes.sum()),
     'num_local_test': int(fd.test_sizes.sum()),
-    'num_global_test': int(len(fd.global_test_y)),
+    'num_global_test': int(len(fd.global_test['x'])),
     'client_sizes': sizes.tolist(),
     'test_sizes': fd.test_sizes.tolist(),
     'size_min': int(sizes.min()),
     'size_max': int(sizes.max()),
     'size_mean': float(sizes.mean()),
     'size_std': float(sizes.std()),
+  }
+  if fd.y is None:  # unlabelled data: sizes only
+    return summary
+  hist = label_histograms(fd.y, fd.offsets, fd.num_classes)
+  emd = earth_movers_distance(hist)
+  stats = _describe(emd, sizes.astype(np.float64))
+  return {
+    **summary,
     'classes_per_client_mean': float((hist > 0).sum(axis=1).mean()),
     'histograms': hist.tolist(),
     'emd': [None if np.isnan(e) else float(e) for e in emd],

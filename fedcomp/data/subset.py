@@ -1,7 +1,5 @@
 """A random subset of a source's training set (smaller runs of the same data)."""
 
-import dataclasses
-
 import numpy as np
 
 from fedcomp.data.dataset import Dataset
@@ -10,13 +8,10 @@ from fedcomp.errors import ConfigError
 
 def subsample(dataset: Dataset, size: int, seed: int) -> Dataset:
   """A uniformly random subset of `size` train examples (config.train_examples)."""
-  n = len(dataset.train_y)
+  n = dataset.num_train
   if not isinstance(size, int) or not 0 < size <= n:
     raise ConfigError(f'config.train_examples={size!r} must be an int in [1, {n}]')
   if size == n:
     return dataset
   rows = np.sort(np.random.default_rng([seed, 6]).choice(n, size, replace=False))
-  groups = None if dataset.groups is None else dataset.groups[rows]
-  return dataclasses.replace(
-    dataset, train_x=dataset.train_x[rows], train_y=dataset.train_y[rows], groups=groups
-  )
+  return dataset.select_train(rows)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from fedcomp.core import trainer
 from fedcomp.errors import ConfigError
 from fedcomp.experiments import federated
 from fedcomp.utils.config_overrides import with_overrides
@@ -85,7 +86,7 @@ def run_case(
   Returns:
     The result dicts (also printed, one JSON line each).
   """
-  federated.validate(config)
+  federated.validate(config, ('bench',))
   bench = config.bench
   for key, least in (
     ('warmup_rounds', 0),
@@ -97,20 +98,22 @@ def run_case(
       raise ConfigError(f'config.bench.{key}={bench[key]!r} must be an integer >= {least}')
   os.makedirs(workdir, exist_ok=True)
   setup = federated.build(config)
-  fd, engine = setup.data, setup.engine
+  fd, fr = setup.data, setup.round
   peak = peak_matmul_gflops(bench.peak_matmul_n)
   logging.info('peak float32 matmul: %.1f GFLOP/s', peak)
 
   def cohort(r):
-    return setup.cohort(config.seed, r, config.cohort_size)
+    return trainer.cohort(setup, r)
 
-  root = jax.random.key(config.seed)
-  server, table = engine.init(setup.model.params)
+  def key(r):
+    return trainer.round_key(config.seed, r)
+
+  server, table = trainer.initial_state(setup)
   r = 0
   t0 = time.perf_counter()
   for _ in range(max(bench.warmup_rounds, 1)):
     r += 1
-    server, table, metrics = engine.round(server, table, *cohort(r), jax.random.fold_in(root, r))
+    server, table, metrics = fr.round(server, table, *cohort(r), key(r))
     jax.block_until_ready(metrics)
   first_sec = time.perf_counter() - t0
 
@@ -122,7 +125,7 @@ def run_case(
     for i in range(bench.timed_rounds):
       r += 1
       t = time.perf_counter()
-      server, table, metrics = engine.round(server, table, *nxt, jax.random.fold_in(root, r))
+      server, table, metrics = fr.round(server, table, *nxt, key(r))
       if i + 1 < bench.timed_rounds:
         nxt = cohort(r + 1)  # host gather overlaps the running round
       count = float(metrics['train/examples'])  # blocks until the round is done
@@ -130,7 +133,7 @@ def run_case(
       examples.append(count)
       if bench.eval_every_rounds and (i + 1) % bench.eval_every_rounds == 0:
         t = time.perf_counter()
-        setup.evaluate(setup.algorithm.server_params(server), fd.global_test_x, fd.global_test_y)
+        setup.evaluate(*setup.algorithm.server_model(server), fd.global_test)
         eval_secs.append(time.perf_counter() - t)
     round_sec = float(np.median(times))
     examples_per_sec = float(np.median(np.asarray(examples) / np.asarray(times)))
@@ -142,6 +145,7 @@ def run_case(
       'rounds_per_sec': 1.0 / round_sec,
       'client_updates_per_sec': config.cohort_size / round_sec,
       'examples_per_sec': examples_per_sec,
+      'examples_per_round_median': float(np.median(examples)),
       'round_sec_median': round_sec,
       'round_sec_min': float(min(times)),
       'round_sec_max': float(max(times)),
@@ -155,12 +159,14 @@ def run_case(
       'first_rounds_sec': first_sec,
       'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       'device_peak_mib': _device_memory_mib(),
-      'strategy': engine.strategy,
-      'local_steps_unroll': engine.unroll,
-      'client_chunk_size': engine.chunk_size if engine.strategy == 'map' else None,
-      'dynamic_local_steps': engine.dynamic_steps,
+      'strategy': fr.client_map.strategy,
+      'unroll': fr.unroll,
+      'chunk_size': fr.client_map.chunk_size if fr.client_map.strategy == 'map' else None,
+      'dynamic_steps': fr.dynamic_steps,
+      'reduction_width': fr.client_map.width,
+      'cohort_slots': fr.client_map.layout(config.cohort_size).size,
       'conv_impl': config.model.get('conv_impl'),
-      'devices': int(engine.mesh.devices.size),
+      'devices': int(fr.mesh.devices.size),
       'platform': jax.devices()[0].platform,
       'num_clients': fd.num_clients,
       'cohort_size': config.cohort_size,

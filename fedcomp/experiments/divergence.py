@@ -20,6 +20,7 @@ Non-IID Data" (arXiv 1806.00582), Section 3.
 import csv
 import json
 import os
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,17 +28,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from fedcomp.core import classification_loss
 from fedcomp.core.centralised import make_epoch_fn
-from fedcomp.data.federated import as_float
+from fedcomp.data.federated import as_batch
 from fedcomp.experiments import federated
-from fedcomp.optim import make_tx
-from fedcomp.registry import ConfigError
+from fedcomp.registry import ConfigError, check_known_keys
 from fedcomp.utils.config_overrides import with_overrides
 
 
 def case_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
   """label -> the federated config of each partition; checks everything first."""
+  check_known_keys(config, (*federated.KEYS, 'divergence'), 'config')
   cases = list(config.divergence.partitions)
   if len(cases) < 2:
     raise ConfigError('config.divergence.partitions needs at least two partitions')
@@ -49,13 +49,14 @@ def case_configs(config: ml_collections.ConfigDict) -> dict[str, ml_collections.
       raise ConfigError(f'config.divergence.partitions: each needs a unique label, got {label!r}')
     c = with_overrides(config, case)
     c.experiment = 'federated'
+    del c['divergence']
     federated.validate(c)
     if c.cohort_size != c.partition.num_clients:
       raise ConfigError(
         f'config.cohort_size={c.cohort_size} must equal config.partition.num_clients='
         f'{c.partition.num_clients}: SGD sees the data of every client each round'
       )
-    if c.partition.local_test_fraction or c.shared_data.beta:
+    if c.partition.get('local_test_fraction') or c.shared_data.beta:
       raise ConfigError(
         'config.partition.local_test_fraction and config.shared_data.beta must be 0: '
         'FedAvg and SGD must train on the same examples'
@@ -88,7 +89,11 @@ def layer_divergence(params, reference) -> dict[str, float]:
 
 
 def sgd_reference(config, setup, path: str) -> tuple[list, list[float]]:
-  """SGD models after each round and their test accuracies (cached in `path`)."""
+  """SGD models after each round and their test accuracies (cached in `path`).
+
+  Centralised training runs the clients' step code on one "client" holding every
+  client's training data (fedcomp.core.centralised), with the client optimizer.
+  """
   rounds = config.total_rounds
   leaves, treedef = jax.tree.flatten(setup.model.params)
   if os.path.exists(path):
@@ -99,19 +104,19 @@ def sgd_reference(config, setup, path: str) -> tuple[list, list[float]]:
           for r in range(rounds)
         ]
         return per_round, list(f['accuracy'])
-  tx = make_tx(config.client_tx_name, config.client_tx, 'client_tx')
-  epoch = make_epoch_fn(classification_loss(setup.model.apply), tx, config.batch_size)
-  fd = setup.data
-  x, y = jnp.asarray(as_float(fd.x)), jnp.asarray(fd.y)
-  params, opt_state = setup.model.params, tx.init(setup.model.params)
+  step = setup.client_optimizer
+  epoch = make_epoch_fn(setup.task, setup.model.apply, step, config.batch_size)
+  arrays = {k: jnp.asarray(v) for k, v in as_batch(setup.data.train).items()}
+  params, model_state = setup.model.params, setup.model.state
+  opt_state = step.init(params)
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 2)  # apart from round keys
   per_round, accuracy = [], []
   for r in range(rounds):  # one jitted call per epoch
     for e in range(config.local_epochs):
       k = jax.random.fold_in(key, r * config.local_epochs + e)
-      params, opt_state, _ = epoch(params, opt_state, x, y, k)
+      params, model_state, opt_state, _ = epoch(params, model_state, opt_state, arrays, k)
     per_round.append(jax.device_get(params))
-    accuracy.append(setup.evaluate(params, fd.global_test_x, fd.global_test_y)['accuracy'])
+    accuracy.append(setup.evaluate(params, model_state, setup.data.global_test)['accuracy'])
     logging.info('SGD reference: round %d, test accuracy %.4f', r + 1, accuracy[-1])
   arrays = {
     f'r{r}_{i}': leaf for r, p in enumerate(per_round) for i, leaf in enumerate(jax.tree.leaves(p))
@@ -139,6 +144,11 @@ def spearman(a, b) -> float:
   return float((ra * rb).sum() / np.sqrt((ra**2).sum() * (rb**2).sum()))
 
 
+def per_round(reference: list, round_: int, params) -> dict[str, float]:
+  """The divergence of `params` from the SGD model after the same round."""
+  return layer_divergence(params, reference[round_ - 1])
+
+
 def _read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
@@ -148,15 +158,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the divergence experiment (see the module docstring); returns the summary."""
   cases = case_configs(config)
   os.makedirs(workdir, exist_ok=True)
-  first = next(iter(cases.values()))
-  reference, sgd_accuracy = sgd_reference(
-    first, federated.build(first), os.path.join(workdir, 'sgd_reference.npz')
-  )
-
+  reference = sgd_accuracy = None
   rows, final = [], {}
   for label, c in cases.items():
+    setup = federated.build(c)
+    if reference is None:  # the first partition's data (every partition has the same examples)
+      path = os.path.join(workdir, 'sgd_reference.npz')
+      reference, sgd_accuracy = sgd_reference(c, setup, path)
     sub = os.path.join(workdir, label)
-    done = federated.run(c, sub, lambda r, p: layer_divergence(p, reference[r - 1]))
+    done = federated.run(c, sub, setup=setup, round_metrics=partial(per_round, reference))
     with open(os.path.join(sub, 'data_stats.json')) as f:
       emd = json.load(f)['emd_mean']
     for m in _read_jsonl(os.path.join(sub, 'metrics.jsonl')):

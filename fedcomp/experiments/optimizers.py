@@ -8,10 +8,10 @@ The best learning rate of each optimizer is the one with the lowest final loss
 (mean of the last `final_window` logged windows); a diverged run (non-finite
 loss) ranks last.
 
-Tasks: 'autoencoder' (Bernoulli likelihood: sigmoid cross-entropy of the logits
-against the input pixels, summed over pixels) and 'classification' (softmax
-cross-entropy). FishLeg gets the negative log-likelihood of targets sampled from
-the model as its extra argument.
+Tasks (`config.task_name`, fedcomp.tasks): 'reconstruction' (Bernoulli likelihood:
+sigmoid cross-entropy of the logits against the input pixels, summed over pixels) and
+'classification' (softmax cross-entropy). FishLeg gets the negative log-likelihood of
+targets sampled from the model as its extra argument.
 
 Writes in the workdir: runs/<optimizer>_<lr>.json (one per finished run, with
 FishLeg's aux loss A(λ; u) at each log; a rerun skips those), optimizers.csv,
@@ -29,65 +29,54 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from fedcomp import data as fdata
-from fedcomp import models
-from fedcomp.data.federated import as_float
+from fedcomp import models, tasks
+from fedcomp.core.optimizer_step import OptimizerStep
+from fedcomp.core.run_dir import RunDir
+from fedcomp.data.federated import as_batch
 from fedcomp.data.subset import subsample
 from fedcomp.optim import fishleg_transform, make_tx
 from fedcomp.registry import ConfigError
 
-TASKS = ('autoencoder', 'classification')
+TASKS = ('classification', 'reconstruction')
 
 
-def task_losses(task: str, apply):
-  """(loss_fn(params, x, y, key), sampled_nll(x) -> nll_fn(params, key)) for a task.
+def make_chunk_fn(task, apply, step: OptimizerStep, batch_size: int, steps: int):
+  """jit: `steps` optimizer steps on random minibatches -> (params, state, opt_state, mean loss).
 
-  Both use the model's training-mode forward (dropout if any; on CPU, im2col
-  convolutions, whose gradients stay fast inside the jitted step loop).
+  Each step draws batch_size examples uniformly with replacement, takes the task's loss
+  and gradients in training mode, and applies the one optimizer step (FishLeg gets the
+  NLL of model-sampled targets on the same minibatch as its extra argument).
   """
-  if task == 'autoencoder':
 
-    def loss(params, x, y, key):
-      del y
-      logits = apply(params, x, train=True, key=key)
-      target = x.reshape(x.shape[0], -1)
-      return optax.sigmoid_binary_cross_entropy(logits, target).sum(-1).mean()
-
-    return loss, lambda x: fishleg_transform.bernoulli_sampled_nll(apply, x)
-  if task == 'classification':
-
-    def loss(params, x, y, key):
-      logits = apply(params, x, train=True, key=key)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    return loss, lambda x: fishleg_transform.sampled_nll(apply, x)
-  raise ConfigError(f'config.task={task!r} is unknown; known: {", ".join(TASKS)}')
-
-
-def make_chunk_fn(loss_fn, nll_of, tx, batch_size: int, steps: int):
-  """jit: `steps` optimizer steps on random minibatches -> (params, state, mean loss)."""
+  def loss_fn(params, model_state, batch, key):
+    return task.loss(apply, params, model_state, batch, key)
 
   @jax.jit
-  def chunk(params, opt_state, x, y, key):
-    def step(carry, k):
-      params, opt_state = carry
-      k_batch, k_loss, k_fisher = jax.random.split(k, 3)
-      idx = jax.random.randint(k_batch, (batch_size,), 0, x.shape[0])
-      xb, yb = x[idx], y[idx]
-      loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb, k_loss)
-      if isinstance(tx, optax.GradientTransformationExtraArgs):
-        updates, opt_state = tx.update(grads, opt_state, params, nll_fn=nll_of(xb), key=k_fisher)
-      else:
-        updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+  def chunk(params, model_state, opt_state, data, key):
+    n = data['x'].shape[0]
 
-    (params, opt_state), losses = jax.lax.scan(
-      step, (params, opt_state), jax.random.split(key, steps)
+    def one(carry, k):
+      params, model_state, opt_state = carry
+      k_batch, k_loss, k_fisher = jax.random.split(k, 3)
+      idx = jax.random.randint(k_batch, (batch_size,), 0, n)
+      batch = {name: a[idx] for name, a in data.items()}
+      batch['mask'] = jnp.ones(batch_size, bool)
+      (loss, (_, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, model_state, batch, k_loss
+      )
+      nll_fn = None
+      if task.sampled_nll is not None:
+        nll_fn = lambda p, key: task.sampled_nll(apply, p, model_state, batch, key)  # noqa: E731
+      params, opt_state = step(grads, opt_state, params, nll_fn=nll_fn, key=k_fisher)
+      return (params, new_state, opt_state), loss
+
+    (params, model_state, opt_state), losses = jax.lax.scan(
+      one, (params, model_state, opt_state), jax.random.split(key, steps)
     )
-    return params, opt_state, losses.mean()
+    return params, model_state, opt_state, losses.mean()
 
   return chunk
 
@@ -114,8 +103,10 @@ def _check(config):
       f'config.total_steps={config.total_steps} must be a multiple of '
       f'config.log_every_steps={config.log_every_steps}'
     )
-  if config.task not in TASKS:
-    raise ConfigError(f'config.task={config.task!r} is unknown; known: {", ".join(TASKS)}')
+  if config.task_name not in TASKS:
+    raise ConfigError(
+      f'config.task_name={config.task_name!r} is unknown; known: {", ".join(TASKS)}'
+    )
   grid = config.optimizers.grid
   if not grid:
     raise ConfigError('config.optimizers.grid is empty')
@@ -125,33 +116,19 @@ def _check(config):
       make_tx(name, {**kwargs, 'learning_rate': lr}, f'optimizers.grid.{name}')
 
 
-def _check_workdir(workdir: str, config) -> None:
-  """Finished runs are reused only under the same config (the grid may grow)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = json.load(f)
-  new = json.loads(json.dumps(config.to_dict(), default=str))
-  for c in (old, new):
-    c.get('optimizers', {}).pop('grid', None)
-  if old != new:
-    raise ConfigError(
-      f'the config differs from the one of the runs in {workdir} (other than '
-      'config.optimizers.grid); use a new --workdir'
-    )
-
-
 def run_one(config, setup, name: str, lr: float) -> dict:
   """Trains with one optimizer and learning rate; returns its logged curve."""
-  params0, x, y, loss_fn, nll_of = setup
+  model, data, task = setup
   kwargs = dict(config.optimizers.kwargs.get(name, {}))
-  tx = make_tx(name, {**kwargs, 'learning_rate': lr}, f'optimizers.grid.{name}')
-  chunk = make_chunk_fn(loss_fn, nll_of, tx, config.batch_size, config.log_every_steps)
-  params, opt_state = params0, tx.init(params0)
+  step = OptimizerStep(make_tx(name, {**kwargs, 'learning_rate': lr}, f'optimizers.grid.{name}'))
+  chunk = make_chunk_fn(task, model.apply, step, config.batch_size, config.log_every_steps)
+  params, model_state = model.params, model.state
+  opt_state = step.init(params)
   key = jax.random.key(config.seed)
   t = time.perf_counter()
-  params, opt_state, loss = chunk(params, opt_state, x, y, jax.random.fold_in(key, 0))
+  params, model_state, opt_state, loss = chunk(
+    params, model_state, opt_state, data, jax.random.fold_in(key, 0)
+  )
   jax.block_until_ready(loss)
   compile_and_first = time.perf_counter() - t
   steps, losses, walls, chunk_secs = [config.log_every_steps], [float(loss)], [0.0], []
@@ -159,7 +136,9 @@ def run_one(config, setup, name: str, lr: float) -> dict:
   wall = 0.0
   for i in range(1, config.total_steps // config.log_every_steps):
     t = time.perf_counter()
-    params, opt_state, loss = chunk(params, opt_state, x, y, jax.random.fold_in(key, i))
+    params, model_state, opt_state, loss = chunk(
+      params, model_state, opt_state, data, jax.random.fold_in(key, i)
+    )
     loss = float(loss)  # blocks
     dt = time.perf_counter() - t
     wall += dt
@@ -192,20 +171,18 @@ def _final(run, window):
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the comparison (see the module docstring); returns the summary."""
   _check(config)
+  rd = RunDir(workdir, config.to_dict(), resumable=('optimizers.grid',))
   os.makedirs(os.path.join(workdir, 'runs'), exist_ok=True)
-  _check_workdir(workdir, config)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
   dataset = fdata.load_source(config.data_name, config.data, config.seed)
   if config.get('train_examples'):
     dataset = subsample(dataset, config.train_examples, config.seed)
+  task = tasks.make_task(config.task_name, config.get('task'))
   model = models.build_model(
     config.model_name, config.model, dataset.feature_shape, dataset.num_classes, config.seed
   )
-  x = jnp.asarray(as_float(dataset.train_x))
-  y = jnp.asarray(dataset.train_y.astype(np.int32))
-  loss_fn, nll_of = task_losses(config.task, model.apply)
-  setup = (model.params, x, y, loss_fn, nll_of)
+  rd.record_config()
+  data = {k: jnp.asarray(v) for k, v in as_batch(dataset.train).items() if k in task.batch_keys}
+  setup = (model, data, task)
 
   runs = []
   for name, lrs in config.optimizers.grid.items():
@@ -241,7 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for r in runs:
     if r['optimizer'] not in best or r['final_loss'] < best[r['optimizer']]['final_loss']:
       best[r['optimizer']] = r
-  summary = {'task': config.task, 'model': config.model_name, 'best': {}}
+  summary = {'task': config.task_name, 'model': config.model_name, 'best': {}}
   target = best['adam']['final_loss'] if 'adam' in best else None
   for name, r in best.items():
     reach = None
@@ -258,8 +235,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary['fishleg_time_per_step_over_adam'] = (
       best['fishleg']['sec_per_step'] / best['adam']['sec_per_step']
     )
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+  rd.write_json('summary.json', summary, indent=2, sort_keys=True)
   _plot(workdir, best)
   return summary
 

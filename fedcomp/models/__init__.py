@@ -1,8 +1,10 @@
-"""Model registry and `build_model`, which turns an NNX module into a pure (apply, params) pair.
+"""Model registry and `build_model`, which turns an NNX module into pure functions and pytrees.
 
 Every model file exposes `Model(*, input_shape, num_classes, rngs, **kwargs)`, an nnx.Module
-called as `model(x, train=..., rngs=key)`. `build_model` splits it once; afterwards the rest of
-fedcomp sees only a pure `apply(params, x, *, train, key)` and a nested dict of arrays.
+called as `model(x, train=..., rngs=key, mask=mask)`. `build_model` splits it once into
+parameters (nnx.Param) and model state (every other variable, e.g. BatchNorm's running
+statistics); afterwards the rest of fedcomp sees only a pure
+`apply(params, state, x, *, train, key, mask) -> (outputs, new_state)` and nested dicts.
 """
 
 import dataclasses
@@ -13,19 +15,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fedcomp.models import autoencoder, cnn, mlp, simple_cnn
+from fedcomp.models import autoencoder, cnn, mlp, resnet, simple_cnn, vgg
 from fedcomp.models.flops import count_matmul_flops
 from fedcomp.registry import check_kwargs, lookup
+from fedcomp.utils.param_paths import leaf_paths
 
 MODELS = {
   'autoencoder': autoencoder.Model,
   'cnn': cnn.Model,
   'mlp': mlp.Model,
+  'resnet': resnet.Model,
   'simple_cnn': simple_cnn.Model,
+  'vgg': vgg.Model,
 }
 
 _NOT_OPTIONS = ('self', 'input_shape', 'num_classes', 'rngs')
 _FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+NORM_LAYERS = (nnx.BatchNorm, nnx.LayerNorm, nnx.GroupNorm, nnx.RMSNorm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,15 +39,27 @@ class BuiltModel:
   """A model as pure functions and data.
 
   Attributes:
-    apply: apply(params, x, *, train=False, key=None) -> logits (B, num_classes); pure,
-      jittable and vmappable. train=True applies dropout and needs `key`.
-    params: nested dict of jnp arrays, e.g. {'conv0': {'kernel': ..., 'bias': ...}, ...}.
+    apply: apply(params, state, x, *, train=False, key=None, mask=None) -> (outputs, new_state);
+      pure, jittable and vmappable. train=True applies dropout (needs `key`) and normalises by
+      batch statistics, computed over the rows where `mask` (B,) is True and folded into the
+      returned state; train=False uses the running statistics and returns `state` unchanged.
+    params: nested dict of the trainable arrays, e.g. {'conv0': {'kernel': ..., 'bias': ...}}.
+    state: nested dict of the non-parameter variables (BatchNorm's `mean` and `var`); {} for
+      models without any.
+    norm_paths: the parameter paths ('blocks/0/bn0/scale') of normalisation layers (what FedBN
+      keeps local).
     flops_per_example: forward FLOPs per example (2 x multiply-adds of conv/dense layers).
   """
 
   apply: Callable
   params: dict
+  state: dict
+  norm_paths: tuple[str, ...]
   flops_per_example: int
+
+  def logits(self, params, state, x):
+    """Inference outputs (train=False) of a batch."""
+    return self.apply(params, state, x)[0]
 
 
 def _options_signature(model_cls) -> Callable:
@@ -58,16 +76,27 @@ def _options_signature(model_cls) -> Callable:
   return stub
 
 
+def _norm_param_paths(module: nnx.Module) -> tuple[str, ...]:
+  """Paths of the parameters that belong to normalisation layers."""
+  found = []
+  for path, node in nnx.iter_graph(module):
+    if isinstance(node, NORM_LAYERS):
+      prefix = '/'.join(str(p) for p in path)
+      params = nnx.to_pure_dict(nnx.state(node, nnx.Param))
+      found += [f'{prefix}/{p}' for p in leaf_paths(params)]
+  return tuple(sorted(found))
+
+
 def build_model(
-  name: str, kwargs: Mapping, input_shape: tuple[int, ...], num_classes: int, seed: int
+  name: str, kwargs: Mapping, input_shape: tuple[int, ...], num_classes: int | None, seed: int
 ) -> BuiltModel:
-  """Creates model `name` once and splits it into a pure apply function and params.
+  """Creates model `name` once and splits it into a pure apply function, params and state.
 
   Args:
     name: key of MODELS (config.model_name).
     kwargs: model options (config.model); None-valued fields mean 'use the default'.
     input_shape: shape of one example, e.g. (28, 28, 1).
-    num_classes: number of logits.
+    num_classes: number of logits (None: unlabelled data; the model decides its outputs).
     seed: initialisation seed.
 
   Returns:
@@ -77,39 +106,50 @@ def build_model(
   kwargs = check_kwargs(_options_signature(model_cls), kwargs, 'model', f'model {name!r}')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   input_shape = tuple(int(d) for d in input_shape)
-  num_classes = int(num_classes)
+  num_classes = 0 if num_classes is None else int(num_classes)
 
   def create(rngs):
     return model_cls(input_shape=input_shape, num_classes=num_classes, rngs=rngs, **kwargs)
 
   # Abstract creation (cheap) gives the graph and validates the options; one jitted init
   # then computes the values (faster than eager init, whose ops compile one by one).
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: create(nnx.Rngs(seed))))
-  variables = jax.tree.leaves(abstract_state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-  others = sorted({type(v).__name__ for v in variables if not isinstance(v, nnx.Param)})
-  if others:
-    raise TypeError(f'model {name!r} has non-Param variables ({", ".join(others)}); unsupported')
-  state_treedef = jax.tree.structure(abstract_state)
-  params_treedef = jax.tree.structure(nnx.to_pure_dict(abstract_state))
+  abstract = nnx.eval_shape(lambda: create(nnx.Rngs(seed)))
+  graphdef, abstract_params, abstract_state = nnx.split(abstract, nnx.Param, ...)
+  params_treedef = jax.tree.structure(nnx.to_pure_dict(abstract_params))
+  state_treedef = jax.tree.structure(nnx.to_pure_dict(abstract_state))
+  params_nnx_treedef = jax.tree.structure(abstract_params)
+  state_nnx_treedef = jax.tree.structure(abstract_state)
 
   def init(key):
-    return nnx.to_pure_dict(nnx.split(create(nnx.Rngs(key)))[1])
+    _, p, s = nnx.split(create(nnx.Rngs(key)), nnx.Param, ...)
+    return nnx.to_pure_dict(p), nnx.to_pure_dict(s)
 
   # On CPU, XLA's optimisation passes dominate the init's compile time (measured 1.1-1.3 s ->
   # 0.4-0.5 s for cnn/simple_cnn) and buy nothing for a program that runs once.
   options = _FAST_COMPILE if jax.default_backend() == 'cpu' else None
-  params = jax.jit(init, compiler_options=options)(jax.random.key(seed))
+  params, state = jax.jit(init, compiler_options=options)(jax.random.key(seed))
 
-  def apply(params, x, *, train: bool = False, key: jax.Array | None = None):
+  def apply(params, state, x, *, train: bool = False, key=None, mask=None):
     if train and key is None:
       raise ValueError('apply(train=True) needs a dropout key')
     if jax.tree.structure(params) != params_treedef:
       raise ValueError(f'params do not match model {name!r}: {jax.tree.structure(params)}')
-    # Both trees flatten in sorted-key order, so the leaves map one to one.
-    state = jax.tree.unflatten(state_treedef, jax.tree.leaves(params))
-    model = nnx.merge(graphdef, state)
-    return model(x, train=train, rngs=key if train else None)
+    # Pure dicts and nnx states flatten in the same sorted-key order: leaves map one to one.
+    p = jax.tree.unflatten(params_nnx_treedef, jax.tree.leaves(params))
+    s = jax.tree.unflatten(state_nnx_treedef, jax.tree.leaves(state))
+    model = nnx.merge(graphdef, p, s)
+    out = model(x, train=train, rngs=key if train else None, mask=mask)
+    if not train or state_treedef.num_leaves == 0:
+      return out, state
+    new = jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param)))
+    return out, jax.tree.unflatten(state_treedef, new)
 
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  flops = count_matmul_flops(lambda p, x: apply(p, x), params, x)
-  return BuiltModel(apply=apply, params=params, flops_per_example=flops)
+  flops = count_matmul_flops(lambda p, s, x: apply(p, s, x)[0], params, state, x)
+  return BuiltModel(
+    apply=apply,
+    params=params,
+    state=state,
+    norm_paths=_norm_param_paths(abstract),
+    flops_per_example=flops,
+  )

@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedcomp.core.losses import classification_sampled_nll
 from fedcomp.errors import ConfigError
 from fedcomp.optim import fishleg_blocks
 from fedcomp.utils.param_paths import leaf_paths
@@ -227,9 +226,16 @@ def sampled_nll(apply: Callable, x: jax.Array, mask: jax.Array | None = None) ->
     nll_fn(params, key) -> scalar.
   """
 
-  batch = {'x': x, 'mask': jnp.ones(x.shape[0], bool) if mask is None else mask}
-  nll = classification_sampled_nll(apply)
-  return lambda params, key: nll(params, batch, key)
+  m = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+  def nll(params, key):
+    k_model, k_label = jax.random.split(key)
+    logits = apply(params, x, train=True, key=k_model)
+    y = jax.lax.stop_gradient(jax.random.categorical(k_label, logits))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+  return nll
 
 
 def bernoulli_sampled_nll(apply: Callable, x: jax.Array) -> Callable:
@@ -350,6 +356,10 @@ def scale_by_fishleg(
   """
   if u_sampling not in U_SAMPLING:
     raise ConfigError(f'u_sampling={u_sampling!r} is unknown; known: {", ".join(U_SAMPLING)}')
+  _check_positive('damping', damping)
+  _check_positive('aux_every', aux_every, integer=True)
+  if initial_scale is not None:
+    _check_positive('initial_scale', initial_scale)
   make_aux = aux_optimizer or optax.adam
 
   def structure(params):
@@ -414,15 +424,39 @@ def scale_by_fishleg(
 MOMENTUM_ON = ('update', 'gradient')
 
 
+def _check_positive(name: str, value, integer: bool = False) -> None:
+  """A ConfigError for a Python number out of range (arrays, e.g. injected, pass)."""
+  if not isinstance(value, int | float) or isinstance(value, bool):
+    return
+  if not value > 0 or value != value or value == float('inf'):
+    raise ConfigError(f'{name}={value!r} must be a finite number > 0')
+  if integer and value != int(value):
+    raise ConfigError(f'{name}={value!r} must be a positive integer')
+
+
 def fishleg(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.9,
   sgd_learning_rate: float | None = None,
   momentum_on: str = 'update',
-  **kwargs,
+  damping: float = 1e-3,
+  aux_learning_rate: float = 1e-4,
+  aux_every: int = 10,
+  u_sampling: str = 'gradient',
+  initial_scale: float | None = None,
+  gradient_decay: float = 0.9,
+  blocks: Sequence[tuple[str, str]] = (),
+  block_size: int = 50,
+  max_factor_size: int = 4096,
+  aux_optimizer: Callable[[Any], optax.GradientTransformation] | None = None,
+  precondition_aux: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """FishLeg: θ ← θ − η · EMA_β(Q(λ) g) (official PyTorch code) or θ ← θ − η · Q(λ) EMA_β(g)
   (the paper's JAX code).
+
+  Every argument is an explicit keyword, so `optax.inject_hyperparams(fishleg)` can
+  schedule the numeric ones (learning_rate, momentum, damping, aux_learning_rate, ...);
+  pass the structural ones (blocks, u_sampling, momentum_on, ...) in its `static_args`.
 
   Args:
     learning_rate: η (or a schedule).
@@ -433,18 +467,51 @@ def fishleg(
     momentum_on: 'update' averages the preconditioned gradients Q(λ) g; 'gradient'
       preconditions the average of the gradients, which is then also the u of the
       aux loss (`gradient_decay` is not used).
-    **kwargs: the arguments of scale_by_fishleg.
+    damping: see scale_by_fishleg (γ > 0).
+    aux_learning_rate: see scale_by_fishleg.
+    aux_every: see scale_by_fishleg (a positive integer).
+    u_sampling: see scale_by_fishleg.
+    initial_scale: see scale_by_fishleg (> 0, or None).
+    gradient_decay: see scale_by_fishleg.
+    blocks: see scale_by_fishleg.
+    block_size: see scale_by_fishleg.
+    max_factor_size: see scale_by_fishleg.
+    aux_optimizer: see scale_by_fishleg.
+    precondition_aux: see scale_by_fishleg.
 
   Returns:
     The chained optax.GradientTransformationExtraArgs (extra args as scale_by_fishleg).
   """
   if momentum_on not in MOMENTUM_ON:
     raise ConfigError(f'momentum_on={momentum_on!r} is unknown; known: {", ".join(MOMENTUM_ON)}')
+  _check_positive('damping', damping)
+  _check_positive('aux_every', aux_every, integer=True)
+  if initial_scale is not None:
+    _check_positive('initial_scale', initial_scale)
   if sgd_learning_rate is not None:
     if callable(learning_rate):
       raise ConfigError('sgd_learning_rate needs a constant learning_rate')
-    kwargs['initial_scale'] = sgd_learning_rate / learning_rate
-  average = [optax.ema(momentum, debias=False)] if momentum else []
+    _check_positive('sgd_learning_rate', sgd_learning_rate)
+    _check_positive('learning_rate', learning_rate)
+    initial_scale = sgd_learning_rate / learning_rate
+  if isinstance(momentum, int | float) and not 0 <= momentum < 1:
+    raise ConfigError(f'momentum={momentum!r} must be in [0, 1)')
+  kwargs = dict(
+    damping=damping,
+    aux_learning_rate=aux_learning_rate,
+    aux_every=aux_every,
+    u_sampling=u_sampling,
+    initial_scale=initial_scale,
+    gradient_decay=gradient_decay,
+    blocks=blocks,
+    block_size=block_size,
+    max_factor_size=max_factor_size,
+    aux_optimizer=aux_optimizer,
+    precondition_aux=precondition_aux,
+  )
+  # A momentum of exactly 0 (a Python number) needs no average; an injected one may change.
+  no_average = isinstance(momentum, int | float) and momentum == 0
+  average = [] if no_average else [optax.ema(momentum, debias=False)]
   if momentum_on == 'gradient':
     kwargs['gradient_decay'] = 0.0  # u = the incoming (already averaged) gradient
     parts = [*average, scale_by_fishleg(**kwargs)]

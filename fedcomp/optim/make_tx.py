@@ -9,6 +9,7 @@ server learning rate), `momentum` (FedAvgM), `adam` (FedAdam), `yogi` (FedYogi),
 References: Reddi et al. 2021, "Adaptive Federated Optimization" (FedOpt).
 """
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,33 +24,6 @@ def _momentum(learning_rate: float, momentum: float = 0.9, nesterov: bool = Fals
   return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
 
 
-def _fishleg(
-  learning_rate: float,
-  momentum: float = 0.9,
-  damping: float = 1e-3,
-  aux_learning_rate: float = 1e-4,
-  aux_every: int = 10,
-  u_sampling: str = 'gradient',
-  sgd_learning_rate: float | None = None,
-  initial_scale: float | None = None,
-  momentum_on: str = 'update',
-  precondition_aux: bool = False,
-):
-  """FishLeg (fedcomp.optim.fishleg_transform.fishleg) with its config-settable arguments."""
-  return fishleg_transform.fishleg(
-    learning_rate,
-    momentum=momentum,
-    sgd_learning_rate=sgd_learning_rate,
-    damping=damping,
-    aux_learning_rate=aux_learning_rate,
-    aux_every=aux_every,
-    u_sampling=u_sampling,
-    initial_scale=initial_scale,
-    momentum_on=momentum_on,
-    precondition_aux=precondition_aux,
-  )
-
-
 OPTIMIZERS = {
   'sgd': optax.sgd,
   'momentum': _momentum,
@@ -61,8 +35,44 @@ OPTIMIZERS = {
   'lamb': optax.lamb,
   'lion': optax.lion,
   'adafactor': optax.adafactor,
-  'fishleg': _fishleg,
+  'fishleg': fishleg_transform.fishleg,
 }
+
+
+# Ranges of the numeric hyperparameters a config may set: (low, high, low_open, high_open).
+RANGES = {
+  'learning_rate': (0.0, None, False, False),
+  'momentum': (0.0, 1.0, False, True),
+  'b1': (0.0, 1.0, False, True),
+  'b2': (0.0, 1.0, False, True),
+  'eps': (0.0, None, True, False),
+  'decay': (0.0, 1.0, False, True),
+  'weight_decay': (0.0, None, False, False),
+  'damping': (0.0, None, True, False),
+  'aux_learning_rate': (0.0, None, False, False),
+  'initial_scale': (0.0, None, True, False),
+  'sgd_learning_rate': (0.0, None, True, False),
+  'gradient_decay': (0.0, 1.0, False, True),
+}
+INTEGERS = {'aux_every': 1, 'block_size': 1, 'max_factor_size': 1}
+
+
+def check_hyperparameters(kwargs: Mapping[str, Any], key: str) -> None:
+  """One-line ConfigErrors for hyperparameters out of range, NaN or infinite."""
+  for name, value in kwargs.items():
+    bad_int = isinstance(value, bool) or not isinstance(value, int) or value < INTEGERS.get(name, 0)
+    if name in INTEGERS and bad_int:
+      raise ConfigError(f'config.{key}.{name}={value!r} must be an integer >= {INTEGERS[name]}')
+    if name not in RANGES:
+      continue
+    low, high, low_open, high_open = RANGES[name]
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+      lo = ('(' if low_open else '[') + f'{low:g}'
+      hi = 'inf)' if high is None else f'{high:g}' + (')' if high_open else ']')
+      raise ConfigError(f'config.{key}.{name}={value!r} must be a finite number in {lo}, {hi}')
 
 
 def make_tx(name: str, kwargs: Mapping[str, Any], key: str) -> optax.GradientTransformation:
@@ -78,9 +88,10 @@ def make_tx(name: str, kwargs: Mapping[str, Any], key: str) -> optax.GradientTra
   """
   fn = lookup(OPTIMIZERS, name, f'{key}_name')
   kw = check_kwargs(fn, kwargs, key, f'optimizer {name!r}')
-  lr = kw.get('learning_rate')
-  if lr is None:
+  if kw.get('learning_rate') is None:
     raise ConfigError(f'config.{key}.learning_rate must be set for optimizer {name!r}')
-  if not isinstance(lr, int | float) or lr < 0:
-    raise ConfigError(f'config.{key}.learning_rate={lr!r} must be a non-negative number')
-  return fn(**kw)
+  check_hyperparameters(kw, key)
+  try:
+    return fn(**kw)
+  except ConfigError as e:
+    raise ConfigError(f'config.{key}: {e}') from None

@@ -13,9 +13,13 @@ def with_overrides(
 ) -> ml_collections.ConfigDict:
   """A copy of `config` with dotted keys set, e.g. {'partition.num_clients': 10}.
 
+  As on the command line, a key may be new (component dicts such as `data` or `model` are
+  checked by their callee, and a run's fixed keys by its experiment); a path through a
+  value that is not a section is an error.
+
   Args:
     config: the config to copy.
-    overrides: dotted key -> value; every key must already exist in the config.
+    overrides: dotted key -> value.
 
   Returns:
     The new config.
@@ -25,8 +29,10 @@ def with_overrides(
     *path, last = key.split('.')
     target = out
     for part in path:
+      if part not in target:
+        target[part] = ml_collections.ConfigDict()
       target = target[part]
-    if last not in target:
-      raise ConfigError(f'override {key!r} is not a config key')
+      if not isinstance(target, ml_collections.ConfigDict):
+        raise ConfigError(f'override {key!r}: config.{part} is not a section')
     target[last] = value
   return out

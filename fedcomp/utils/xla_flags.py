@@ -6,7 +6,20 @@ import os
 # temporaries live (25 MB per step of the EMNIST CNN at batch 32): a round of 10
 # clients x 15 unrolled steps peaked at 5.3 GB RSS with it and 1.55 GB without,
 # at the same speed (1,335 vs 1,297 examples/s, within noise).
-DEFAULT_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
+#
+# XLA:CPU contracts a multiply and an add into one FMA whenever its fusion puts them in the
+# same kernel, and its fusion (and loop-invariant hoisting) follows the whole program: the
+# same client code then rounds differently on 1 device (no SPMD partitioning) than on 2, 4
+# or 8, in the last bit, and training amplifies that (a BatchNorm MLP's updates differed
+# after one round). Capping XLA's own code generation at AVX (no FMA instructions) makes
+# the rounding independent of fusion decisions; the matmul and convolution kernels are
+# Eigen's and keep AVX2/FMA (2048^2 matmul: the same GFLOP/s). Measured side by side on
+# this 2-core CPU: no throughput difference beyond noise (emnist_cnn 600 vs 603 examples/s
+# median of 6, small_mlp 18.3k vs 20.1k).
+DEFAULT_FLAGS = (
+  '--xla_cpu_enable_concurrency_optimized_scheduler=false',
+  '--xla_cpu_max_isa=AVX',
+)
 
 
 def set_default_xla_flags(environ=os.environ) -> str:

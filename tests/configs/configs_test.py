@@ -3,11 +3,13 @@
 import importlib
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from configs import common
-from fedcomp.experiments import get_run
+from fedcomp.core import RunDir, trainer
+from fedcomp.experiments import federated, get_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_ARGS = {
@@ -40,12 +42,20 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
     return
   if config.experiment == 'divergence':
     assert set(summary['partitions']) == {'iid', '1class'}
-    assert -1.0 <= summary['spearman_emd_divergence'] <= 1.0
+    assert all(np.isfinite(p['divergence_all']) for p in summary['partitions'].values())
     return
   assert summary['round'] == config.total_rounds == 2
-  assert 0.0 <= summary['eval/accuracy'] <= 1.0
+  # The reported accuracy is the checkpointed model's, recomputed here with a plain
+  # forward pass over the test set.
+  setup = federated.build(config)
+  state = RunDir.existing(str(tmp_path)).restore(2, tuple(trainer.initial_state(setup)))
+  params, model_state = trainer.global_model(setup, trainer.TrainState(*state))
+  test = setup.data.global_test
+  forward = jax.jit(lambda x: setup.model.apply(params, model_state, x)[0])
+  logits = np.concatenate([forward(test['x'][i : i + 500]) for i in range(0, len(test['x']), 500)])
+  assert summary['eval/accuracy'] == np.mean(logits.argmax(1) == test['y'])
   if config.algorithm_name == 'fed_per':
-    assert 0.0 <= summary['eval/personal_accuracy'] <= 1.0
+    assert 'eval/personal_accuracy' in summary
   if config.shared_data.beta:
     assert (tmp_path / 'warmup.json').exists()
 

@@ -102,6 +102,27 @@ def test_dirichlet_small_alpha_skews_more(make_dataset):
   assert emd[0.05] > 1.2 and emd[100.0] < 0.3
 
 
+def test_dirichlet_splits_each_class_over_clients(make_dataset):
+  """The convention: class c's examples go to clients in proportions p_c ~ Dir(α·1_M).
+
+  Then client sizes vary, with Var(size) = C·n²·Var(p) and Var(p) = (1/M)(1 − 1/M)/(Mα + 1)
+  (C classes of n examples, M clients). The other convention found in the literature (each
+  client's label mix ~ Dir(α·1_C), clients of equal size) gives every client the same size.
+  """
+  classes, n, m, alpha = 10, 400, 40, 0.5
+  ds = make_dataset((n,) * classes)
+  want = np.sqrt(classes * n**2 * (1 / m) * (1 - 1 / m) / (m * alpha + 1))
+  stds = []
+  for seed in range(5):
+    parts = PARTITIONS['dirichlet'](ds, m, np.random.default_rng(seed), alpha=alpha, min_size=0)
+    stds.append(np.std([len(p) for p in parts]))
+  assert 0.75 * want < np.mean(stds) < 1.25 * want  # about 77 examples; 0 for equal sizes
+  # Every class is spread over the clients as one Dirichlet draw: its share at a client
+  # averages 1/M over classes and seeds.
+  hist = np.stack([np.bincount(ds.train_y[p], minlength=classes) for p in parts]) / n
+  np.testing.assert_allclose(hist.sum(0), 1.0)
+
+
 def test_dirichlet_min_size(balanced):
   parts = PARTITIONS['dirichlet'](balanced, 10, np.random.default_rng(0), alpha=0.3, min_size=5)
   assert min(len(p) for p in parts) >= 5
@@ -122,6 +143,20 @@ def test_quantity_sizes_vary_and_labels_iid(make_dataset):
   assert {len(p) for p in equal} == {50}
   with pytest.raises(ConfigError, match=r'config\.partition\.num_clients=2000 exceeds'):
     PARTITIONS['quantity'](ds, 2000, np.random.default_rng(0))
+
+
+def test_quantity_labels_follow_the_population(make_dataset):
+  """Sizes differ but every client's labels are a uniform sample: a large client's label
+  histogram is close to the population's (L1 distance of a 200-example sample of 10 equal
+  classes: about 0.18), where a label-skewed partition would give about 1.6."""
+  ds = make_dataset((1000,) * 10)
+  parts = PARTITIONS['quantity'](ds, 20, np.random.default_rng(1), sigma=1.0)
+  large = [p for p in parts if len(p) >= 200]
+  assert len(large) >= 5
+  emd = [np.abs(np.bincount(ds.train_y[p], minlength=10) / len(p) - 0.1).sum() for p in large]
+  assert max(emd) < 0.45 and np.mean(emd) < 0.3
+  # ... and not the class-sorted order: the first client's examples are not all class 0.
+  assert len(set(ds.train_y[parts[0]])) == 10
 
 
 def test_sizes_from_weights():

@@ -54,8 +54,9 @@ def test_uint8_storage_is_shared_and_gathered_as_float():
   assert d.train_x.dtype == np.uint8
   fd = build_federated_data(d, 'natural', {'num_clients': 4, 'local_test_fraction': 0.0}, seed=0)
   assert fd.x is d.train_x  # no copy of the examples
-  assert fd.global_test_x.dtype == np.float32
-  x, _, mask = fd.gather(np.array([2, 4]), pad_to=4)
+  assert fd.global_test['x'].dtype == np.float32
+  g, mask = fd.gather(np.array([2, 4]), pad_to=4)
+  x = g['x']
   assert x.dtype == np.float32 and mask.sum() == 3
   np.testing.assert_allclose(x[0, :3], d.train_x[6:9].astype(np.float32) / 255, rtol=1e-6)
   assert not x[1].any()

@@ -10,7 +10,8 @@ from fedcomp.registry import ConfigError
 
 
 def test_carve_sizes_balance_and_disjointness(balanced):
-  rest, gx, gy = carve_shared(balanced, beta=0.1, seed=0)  # |G| = 0.1 * 200 = 20
+  rest, g = carve_shared(balanced, beta=0.1, seed=0)  # |G| = 0.1 * 200 = 20
+  gx, gy = g['x'], g['y']
   assert len(gy) == 20 and len(rest.train_y) == 180
   np.testing.assert_array_equal(np.bincount(gy, minlength=10), [2] * 10)  # class-balanced
   ids_g = set(gx[:, 0].astype(int))
@@ -21,16 +22,17 @@ def test_carve_sizes_balance_and_disjointness(balanced):
 
 def test_carve_quota_when_classes_run_short(make_dataset):
   ds = make_dataset(per_class=(1, 10, 10))
-  _, _, gy = carve_shared(ds, beta=0.5, seed=0)  # |G| = round(0.5 * 21) = 10
+  gy = carve_shared(ds, beta=0.5, seed=0)[1]['y']  # |G| = round(0.5 * 21) = 10
   assert len(gy) == 10
   counts = np.bincount(gy, minlength=3)
   assert counts[0] == 1 and abs(counts[1] - counts[2]) <= 1
 
 
 def test_merge_gives_each_client_its_alpha_share(balanced):
-  rest, gx, gy = carve_shared(balanced, beta=0.1, seed=0)
+  rest, g = carve_shared(balanced, beta=0.1, seed=0)
+  gx = g['x']
   fd = build_federated_data(rest, 'shards', {'num_clients': 10, 'classes_per_client': 1}, 0)
-  merged = merge_shared(fd, gx, gy, alpha=0.5, seed=0)  # 10 of G's 20 examples each
+  merged = merge_shared(fd, g, alpha=0.5, seed=0)  # 10 of G's 20 examples each
   np.testing.assert_array_equal(merged.client_sizes, fd.client_sizes + 10)
   g_ids = set(gx[:, 0].astype(int))
   seen_own = []
@@ -42,11 +44,11 @@ def test_merge_gives_each_client_its_alpha_share(balanced):
     seen_own += list(own[:, 0].astype(int))
   # G's examples are not double-counted: no client holds one as its own data.
   assert not g_ids & set(seen_own)
-  np.testing.assert_array_equal(merged.test_x, fd.test_x)  # local test splits unchanged
+  np.testing.assert_array_equal(merged.test['x'], fd.test['x'])  # local test splits unchanged
   # Different clients get different random shares.
   firsts = [tuple(merged.x[merged.offsets[c + 1] - 10 : merged.offsets[c + 1], 0]) for c in (0, 1)]
   assert firsts[0] != firsts[1]
-  assert merge_shared(fd, gx, gy, alpha=0.0, seed=0) is fd
+  assert merge_shared(fd, g, alpha=0.0, seed=0) is fd
 
 
 @pytest.mark.parametrize(

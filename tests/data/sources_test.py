@@ -83,6 +83,15 @@ def test_idx_errors(tmp_path):
   _one_line(e)
 
 
+def test_idx_train_and_test_images_of_different_sizes(tmp_path):
+  arrays = _tiny_arrays()
+  arrays['test_x'] = np.zeros((2, 5, 3), np.uint8)
+  _write_idx(tmp_path, arrays, gz=False)
+  with pytest.raises(ConfigError, match=r'train images are \(4, 3\) but test images \(5, 3\)') as e:
+    load_source('idx', {'path': str(tmp_path)}, seed=0)
+  _one_line(e)
+
+
 @pytest.mark.skipif(not os.path.isdir(FASHION), reason='dataset-fashion-mnist not installed')
 def test_idx_real_fashion_mnist():
   ds = load_source('idx', {'path': FASHION}, seed=0)

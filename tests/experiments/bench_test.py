@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from fedcomp.errors import ConfigError
@@ -43,12 +44,28 @@ def test_bench_config_runs_and_reports(name, tmp_path):
   assert [json.loads(line) for line in lines] == results
   for r in results:
     assert set(r) >= FIELDS and r['workload'] == name
-    assert r['mfu'] == pytest.approx(r['achieved_gflops'] / r['peak_gflops'])
-    assert r['achieved_gflops'] == pytest.approx(
-      r['examples_per_sec'] * r['model_flops_per_example'] / 1e9
-    )
-    assert r['client_updates_per_sec'] == pytest.approx(r['cohort_size'] * r['rounds_per_sec'])
-    assert r['peak_gflops'] > 0 and r['compile_sec'] >= 0
+    assert r['devices'] == 1 and r['cohort_slots'] == 8 * -(-r['cohort_size'] // 8)
+    assert r['round_sec_min'] > 0 and r['peak_gflops'] > 0 and r['compile_sec'] >= 0
+
+
+def test_bench_counts_the_examples_and_flops_of_the_workload(tmp_path):
+  """Against hand counts: emnist_cnn runlocal trains 4 clients x 128 examples per round;
+  small_mlp's model (784-200-62) costs 3 x 2 x (784 x 200 + 200 x 62) FLOPs per example."""
+  emnist = importlib.import_module('configs.bench.emnist_cnn').get_config('runlocal')
+  (r,) = bench.run(emnist, str(tmp_path))
+  assert r['examples_per_round_median'] == 4 * 128
+  macs = 26 * 26 * 32 * 9 + 24 * 24 * 64 * 9 * 32 + 12 * 12 * 64 * 128 + 128 * 62
+  assert r['model_flops_per_example'] == 3 * 2 * macs
+  mlp = importlib.import_module('configs.bench.small_mlp').get_config('runlocal')
+  (r,) = bench.run(mlp, str(tmp_path))
+  assert r['model_flops_per_example'] == 3 * 2 * (784 * 200 + 200 * 62) == 1_015_200
+  # The ragged clients' sizes as the peers' scripts draw them (seeded log-uniform 10..400).
+  from fedcomp.core.trainer import sample_cohort
+  from fedcomp.data.sources.random_images import client_sizes
+
+  sizes = client_sizes(200, 10, 400, mlp.seed)
+  timed = [sizes[sample_cohort(mlp.seed, k, 200, mlp.cohort_size)].sum() for k in (2, 3)]
+  assert r['examples_per_round_median'] == np.median(timed)  # round 1 is the untimed warm-up
 
 
 def test_bench_rejects_bad_round_counts(tmp_path):

@@ -82,7 +82,7 @@ def test_runs_writes_and_resumes(tmp_path):
     ),
     (
       {'divergence': {'partitions': [{'label': 'a'}, {'label': 'b', 'partition.x': 1}]}},
-      "override 'partition.x' is not a config key",
+      "config.partition.x is set but partition 'iid' does not take it",
     ),
   ],
 )

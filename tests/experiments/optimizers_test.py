@@ -18,7 +18,7 @@ def tiny_config(**grid):
   c.data_name = 'digits'
   c.data = {}
   c.train_examples = 0
-  c.task = 'classification'
+  c.task_name = 'classification'
   c.model_name = 'mlp'
   c.model = {'hidden': (16,)}
   c.batch_size = 32
@@ -64,7 +64,7 @@ def test_runs_picks_best_and_reuses_finished_runs(tmp_path):
   'key,value,match',
   [
     ('total_steps', 45, 'must be a multiple of config.log_every_steps=10'),
-    ('task', 'regression', "config.task='regression' is unknown"),
+    ('task_name', 'regression', "config.task_name='regression' is unknown"),
   ],
 )
 def test_bad_config(tmp_path, key, value, match):

@@ -25,7 +25,13 @@ def parse(*argv):
   argv = ['main', *argv]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
-    'config', None, 'config', flag_values=fv, lock_config=True, sys_argv=argv
+    'config',
+    None,
+    'config',
+    flag_values=fv,
+    lock_config=False,
+    accept_new_attributes=True,
+    sys_argv=argv,
   )
   fv(argv)
   return fv.config
@@ -57,6 +63,7 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
     ('--config.partition_name=dirichlet', '--config.partition.alpha=0.1'),
     ('--config.client_tx.learning_rate=0.05', '--config.server_tx_name=adam'),
     ('--config.model_name=mlp', '--config.model.hidden=(64,32)'),
+    ('--config.algorithm.keep_client_opt_state=true', '--config.client_map.strategy=map'),
   ],
 )
 @pytest.mark.parametrize('name', FEDERATED_CONFIGS)
@@ -67,7 +74,10 @@ def test_overrides_across_choices(name, overrides):
     target = config
     for part in key.split('.'):
       target = target[part]
-    assert str(target).replace(' ', '') == value.replace(' ', '') or target == float(value)
+    if value == 'true':
+      assert target is True
+    else:
+      assert str(target).replace(' ', '') == value.replace(' ', '') or target == float(value)
 
 
 def launch(workdir, *extra, wait=True):
@@ -86,11 +96,20 @@ def launch(workdir, *extra, wait=True):
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_bad_input_exits_with_one_line(tmp_path):
-  out = launch(tmp_path, '--config.cohort_size=50')
+@pytest.mark.parametrize(
+  'flag,message',
+  [
+    ('--config.cohort_size=50', 'config.cohort_size=50 exceeds config.partition.num_clients=20'),
+    ('--config.total_round=5', 'config.total_round is unknown; known: aggregator, aggregator_name'),
+    ('--config.model.hiden=(8,)', "config.model.hiden is set but model 'mlp' does not take it"),
+  ],
+)
+def test_bad_input_exits_with_one_line(flag, message, tmp_path):
+  out = launch(tmp_path, flag)
   assert out.returncode == 2
   errors = [line for line in out.stderr.splitlines() if line.startswith('fedcomp: error:')]
-  assert errors == ['fedcomp: error: config.cohort_size=50 exceeds config.partition.num_clients=20']
+  assert len(errors) == 1 and errors[0].startswith(f'fedcomp: error: {message}')
+  assert not (tmp_path / 'config.json').exists()
 
 
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path):

@@ -271,3 +271,74 @@ def test_momentum_on_gradient_preconditions_the_averaged_gradient():
 def test_module_docstring_example_runs():
   result = doctest.testmod(fishleg, raise_on_error=False)
   assert result.attempted > 5 and result.failed == 0
+
+
+def test_kronecker_q_equals_the_matrix_built_from_its_factors():
+  """Q = D_A (LᵀL ⊗ RᵀR) D_A on U = [kernel; bias], written entry by entry:
+  Q[(i, j), (k, l)] = A[i, j] · (LᵀL)[i, k] · (RᵀR)[j, l] · A[k, l]."""
+  params = {'dense0': {'bias': jnp.zeros(3), 'kernel': jnp.zeros((4, 3))}}
+  q = fishleg.inverse_fisher(params)
+  (group,) = q.groups
+  assert group.kind == 'kron'
+  rng = np.random.default_rng(0)
+  L, R, A = rng.normal(size=(5, 5)), rng.normal(size=(3, 3)), rng.normal(size=(5, 3))
+  lam = (fishleg.fishleg_blocks.KronFactors(*(jnp.asarray(a, jnp.float32) for a in (L, R, A))),)
+  LL, RR = L.T @ L, R.T @ R
+  Q = np.zeros((15, 15))
+  for i in range(5):
+    for j in range(3):
+      for k in range(5):
+        for m in range(3):
+          Q[i * 3 + j, k * 3 + m] = A[i, j] * LL[i, k] * RR[j, m] * A[k, m]
+  kernel, bias = rng.normal(size=(4, 3)), rng.normal(size=3)
+  u = np.concatenate([kernel, bias[None]]).reshape(-1)  # rows of the kernel, then the bias
+  v = {
+    'dense0': {'bias': jnp.asarray(bias, jnp.float32), 'kernel': jnp.asarray(kernel, jnp.float32)}
+  }
+  got = q.matvec(lam, v)['dense0']
+  want = (Q @ u).reshape(5, 3)
+  np.testing.assert_allclose(got['kernel'], want[:4], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got['bias'], want[4], rtol=1e-4, atol=1e-4)
+  diag = q.diagonal(lam)['dense0']
+  np.testing.assert_allclose(diag['kernel'], np.diag(Q).reshape(5, 3)[:4], rtol=1e-4)
+
+
+def test_fishleg_alias_under_inject_hyperparams_with_a_learning_rate_schedule():
+  """optax users schedule any alias with inject_hyperparams; with aux lr 0 and no momentum
+  Q stays Q0 = I/damping, so the update is exactly −η_t·g/damping."""
+  params, grads, nll = quadratic_problem()
+  schedule = optax.linear_schedule(0.1, 0.0, transition_steps=4)
+  static = (
+    'momentum_on',
+    'u_sampling',
+    'blocks',
+    'block_size',
+    'max_factor_size',
+    'precondition_aux',
+  )
+  tx = optax.inject_hyperparams(fishleg.fishleg, static_args=static)(
+    learning_rate=schedule, momentum=0.0, damping=0.5, aux_learning_rate=0.0, aux_every=1
+  )
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, p, k: tx.update(g, s, p, nll_fn=nll, key=k))
+  for t in range(5):
+    out, state = update(grads, state, params, jax.random.key(t))
+    lr = float(schedule(t))
+    assert float(state.hyperparams['learning_rate']) == pytest.approx(lr, abs=1e-7)
+    for o, g in zip(jax.tree.leaves(out), jax.tree.leaves(grads)):
+      np.testing.assert_allclose(o, -lr * g / 0.5, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
+    ({'damping': 0.0}, 'damping=0.0 must be a finite number > 0'),
+    ({'aux_every': 0}, 'aux_every=0 must be a finite number > 0'),
+    ({'aux_every': 2.5}, 'aux_every=2.5 must be a positive integer'),
+    ({'initial_scale': -1.0}, 'initial_scale=-1.0 must be'),
+    ({'momentum': 1.0}, r'momentum=1.0 must be in \[0, 1\)'),
+  ],
+)
+def test_bad_hyperparameters_fail_at_once(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    fishleg.fishleg(0.1, **kwargs)

@@ -32,7 +32,27 @@ def test_momentum_is_sgd_with_momentum():
 def test_errors_name_the_key():
   with pytest.raises(ConfigError, match=r"config.server_tx_name='adamm' is unknown; known: .*adam"):
     make_tx('adamm', {'learning_rate': 1.0}, 'server_tx')
-  with pytest.raises(ConfigError, match=r'config.client_tx.learning_rate=-0.1 must be'):
+  with pytest.raises(ConfigError, match=r'config.client_tx.learning_rate=-0.1 must be a finite'):
     make_tx('sgd', {'learning_rate': -0.1}, 'client_tx')
   with pytest.raises(ConfigError, match=r'config.client_tx.b1 is set but optimizer .sgd.'):
     make_tx('sgd', {'learning_rate': 0.1, 'b1': 0.9}, 'client_tx')
+
+
+@pytest.mark.parametrize(
+  'name,kwargs,match',
+  [
+    ('sgd', {'learning_rate': float('nan')}, r'learning_rate=nan must be a finite number'),
+    ('sgd', {'learning_rate': float('inf')}, r'learning_rate=inf must be a finite number'),
+    ('momentum', {'learning_rate': 0.1, 'momentum': 1.0}, r'momentum=1.0 must be .* \[0, 1\)'),
+    ('adam', {'learning_rate': 0.1, 'b2': 1.0}, r'b2=1.0 must be .* \[0, 1\)'),
+    ('adam', {'learning_rate': 0.1, 'b1': -0.1}, r'b1=-0.1 must be'),
+    ('adam', {'learning_rate': 0.1, 'eps': 0.0}, r'eps=0.0 must be .* \(0, inf\)'),
+    ('fishleg', {'learning_rate': 0.1, 'damping': -1.0}, r'damping=-1.0 must be'),
+    ('fishleg', {'learning_rate': 0.1, 'aux_every': 0}, r'aux_every=0 must be an integer >= 1'),
+    ('fishleg', {'learning_rate': 0.1, 'initial_scale': 0.0}, r'initial_scale=0.0 must be'),
+  ],
+)
+def test_hyperparameters_out_of_range_are_one_line_errors(name, kwargs, match):
+  with pytest.raises(ConfigError, match=rf'^config\.client_tx\.{match}') as e:
+    make_tx(name, kwargs, 'client_tx')
+  assert '\n' not in str(e.value)

@@ -16,5 +16,5 @@ def partition(dataset: Dataset, num_clients: int, rng: np.random.Generator) -> l
   Returns:
     num_clients int64 index arrays into dataset.train_x.
   """
-  perm = rng.permutation(len(dataset.train_y)).astype(np.int64)
+  perm = rng.permutation(dataset.num_train).astype(np.int64)
   return np.array_split(perm, num_clients)

@@ -30,7 +30,7 @@ def partition(
     num_clients int64 index arrays into dataset.train_x.
   """
   sigma = check_float(sigma, 'partition.sigma', min_value=0)
-  n = len(dataset.train_y)
+  n = dataset.num_train
   if num_clients > n:
     raise ConfigError(f'config.partition.num_clients={num_clients} exceeds the {n} train examples')
   sizes = sizes_from_weights(rng.lognormal(0, sigma, num_clients), n)

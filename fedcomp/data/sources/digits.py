@@ -51,4 +51,4 @@ def load(*, seed: int, test_fraction: float = 0.2, split_seed: int = 0) -> Datas
   x = (digits.images / 16.0).astype(np.float32)[..., None]
   y = digits.target.astype(np.int32)
   train, test = stratified_split(y, test_fraction, np.random.default_rng(split_seed))
-  return Dataset(x[train], y[train], x[test], y[test], num_classes=10)
+  return Dataset.from_arrays(x[train], y[train], x[test], y[test], num_classes=10)

@@ -115,6 +115,11 @@ def load(*, seed: int, path: str) -> Dataset:
       )
     if len(y) and y.min() < 0:
       raise ConfigError(f'config.data.path: {split} labels must be >= 0')
+  if arrays['train_x'].shape[1:] != arrays['test_x'].shape[1:]:
+    raise ConfigError(
+      f'config.data.path: train images are {arrays["train_x"].shape[1:]} but test images '
+      f'{arrays["test_x"].shape[1:]}; both splits must have the same image size'
+    )
   train_y = arrays['train_y'].astype(np.int32)
   test_y = arrays['test_y'].astype(np.int32)
   num_classes = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
@@ -122,4 +127,6 @@ def load(*, seed: int, path: str) -> Dataset:
   def images(a):
     return (a.astype(np.float32) / np.float32(255))[..., None]
 
-  return Dataset(images(arrays['train_x']), train_y, images(arrays['test_x']), test_y, num_classes)
+  return Dataset.from_arrays(
+    images(arrays['train_x']), train_y, images(arrays['test_x']), test_y, num_classes
+  )

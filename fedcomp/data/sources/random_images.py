@@ -78,4 +78,4 @@ def load(
   test_x = test_rng.random((test_examples, *shape), dtype=np.float32)
   test_y = test_rng.integers(0, num_classes, test_examples, dtype=np.int32)
   groups = np.repeat(np.arange(num_clients, dtype=np.int32), sizes)
-  return Dataset(x, y, test_x, test_y, num_classes=num_classes, groups=groups)
+  return Dataset.from_arrays(x, y, test_x, test_y, num_classes=num_classes, groups=groups)

@@ -112,7 +112,7 @@ def load(
   rank = np.arange(len(device)) - starts[device]
   is_train = rank < (TRAIN_FRACTION * sizes).astype(np.int64)[device]
   x = x.astype(np.float32)
-  return Dataset(
+  return Dataset.from_arrays(
     x[is_train],
     y[is_train],
     x[~is_train],

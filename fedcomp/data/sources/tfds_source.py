@@ -61,4 +61,4 @@ def load(*, seed: int, name: str, data_dir: str | None = None, download: bool = 
     num_classes = int(features['label'].num_classes)
     arrays[split] = _read_split(source, len(source), tuple(features['image'].shape))
   (train_x, train_y), (test_x, test_y) = arrays['train'], arrays['test']
-  return Dataset(train_x, train_y, test_x, test_y, num_classes=num_classes)
+  return Dataset.from_arrays(train_x, train_y, test_x, test_y, num_classes=num_classes)
