@@ -20,12 +20,19 @@ a leaf's sum is a left fold over its slots from +0.0, and the leaves are combine
 perfect binary tree. A device holds width/D consecutive leaves, a subtree, so it folds
 and combines its own leaves locally, and the devices' subtree sums are combined by a
 butterfly (each step adds the partner's value: x + y == y + x exactly). Every strategy and
-every device count D dividing `width` computes the same additions in the same order, so
-results are bit-identical; a per-client function is also never vmapped over a single
-client (a width-1 vmap compiles to different kernels than a batched one on XLA:CPU).
-Padded slots contribute exact zeros. The spare slots of the layout (K < width·c) are spread
-over the leaves in bit-reversed order, so every aligned block of leaves, hence every
-device, gets an equal share of real clients (±1).
+every device count D dividing `width` computes the same additions in the same order.
+The spare slots of the layout (K < width·c) are spread over the leaves in bit-reversed
+order, so every aligned block of leaves, hence every device, gets an equal share of real
+clients (±1); spare slots contribute exact zeros and are not run ('map', 'vmap').
+
+The clients' own computation must also not depend on the device count. A device runs its
+leaves one after another, and in a leaf a while loop over the chunks that hold real
+clients (trip count known only at run time), so the clients always compile as the same
+loop body; a client is never vmapped alone (a width-1 vmap compiles to other kernels);
+and fedcomp caps XLA:CPU's code generation at AVX (fedcomp.utils.xla_flags), because
+XLA:CPU contracts multiply-adds into FMAs wherever fusion puts them together, and fusion
+follows the whole program. With these, 1, 2, 4 and 8 devices give bit-identical results
+(tested for every algorithm, task, strategy and a BatchNorm model).
 
 References: Ro et al. 2021, FedJAX's `for_each_client` (arXiv 2108.02117); pairwise
 summation (Higham 1993, "The accuracy of floating point summation").
@@ -272,8 +279,7 @@ class ClientMap:
       total = self._across_devices(_tree_sum(sums, leaves_per_device))
       gathered = jax.lax.all_gather(stacked, AXIS, tiled=True, to='invarying')
       all_valid = jax.lax.all_gather(valid_d, AXIS, tiled=True, to='invarying')
-      total, gathered = jax.lax.optimization_barrier((total, gathered))
-      return jax.lax.optimization_barrier(reducer.finish(total, gathered, all_valid)), outs
+      return reducer.finish(total, gathered, all_valid), outs
 
     mapped = jax.shard_map(
       body,
@@ -312,26 +318,19 @@ class ClientMap:
     return self._map(run, clients, valid, per_leaf, leaves, size)
 
   def _batch(self, run, clients, valid, count: int):
-    """`count` clients at once: vmapped, or called directly when count == 1.
-
-    Optimisation barriers around the clients keep their computation apart from the code
-    around it, so XLA compiles (fuses, and contracts multiply-adds into FMAs) a client's
-    work the same way whatever the device count puts around it.
-    """
-    clients, valid = jax.lax.optimization_barrier((clients, valid))
+    """`count` clients at once: vmapped, or called directly when count == 1 (XLA:CPU
+    compiles a width-1 vmap to other kernels than a batched one: other rounding)."""
     if count == 1:
       one = jax.tree.map(lambda a: a[0], (clients, valid))
-      out = jax.tree.map(lambda a: a[None], run(*one))
-    else:
-      out = jax.vmap(run)(clients, valid)
-    return jax.lax.optimization_barrier(out)
+      return jax.tree.map(lambda a: a[None], run(*one))
+    return jax.vmap(run)(clients, valid)
 
   def _loop(self, run, clients, valid, per_leaf, leaves):
     """Clients unrolled one after another; their summands folded afterwards in a loop.
 
     The folds run in a while loop over each leaf's real slots (a trip count only known at
-    run time), so XLA cannot fuse them with the unrolled clients' last multiplications
-    into FMAs differently for different device counts.
+    run time), apart from the unrolled clients, whose code around them then does not
+    depend on the device count.
     """
     cat = lambda *a: jnp.concatenate(a)  # noqa: E731
     each = [self._batch(run, *jax.tree.map(lambda a, i=i: a[i : i + 1], (clients, valid)), 1)
