@@ -67,6 +67,16 @@ def norm_leaves(ctx: AlgorithmContext) -> tuple[bool, ...]:
   return tuple(p in norm for p in leaf_paths(ctx.model.params))
 
 
+def batch_norm_leaves(ctx: AlgorithmContext, local_batch_norm: bool) -> LocalLeaves:
+  """FedBN's local part (normalisation layers and model state), or nothing."""
+  if not local_batch_norm:
+    return LocalLeaves()
+  mask = norm_leaves(ctx)
+  if not ctx.model.state and not any(mask):
+    raise ConfigError('config.algorithm.local_batch_norm: the model has no normalisation layers')
+  return LocalLeaves(mask, True)
+
+
 def build(
   ctx: AlgorithmContext,
   *,
@@ -196,7 +206,5 @@ def make(
   Returns:
     The FederatedAlgorithm.
   """
-  local = LocalLeaves(norm_leaves(ctx), True) if local_batch_norm else LocalLeaves()
-  if local_batch_norm and not ctx.model.state and not any(local.mask):
-    raise ConfigError('config.algorithm.local_batch_norm: the model has no normalisation layers')
+  local = batch_norm_leaves(ctx, local_batch_norm)
   return build(ctx, weighting=weighting, keep_client_opt_state=keep_client_opt_state, local=local)

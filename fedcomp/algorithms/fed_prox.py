@@ -4,7 +4,6 @@ References: Li et al. 2020, "Federated Optimization in Heterogeneous Networks" (
 """
 
 from fedcomp.algorithms import fed_avg
-from fedcomp.algorithms.local_leaves import LocalLeaves
 from fedcomp.core.algorithm import AlgorithmContext, FederatedAlgorithm
 
 
@@ -29,11 +28,10 @@ def make(
   Returns:
     The FederatedAlgorithm.
   """
-  local = LocalLeaves(fed_avg.norm_leaves(ctx), True) if local_batch_norm else LocalLeaves()
   return fed_avg.build(
     ctx,
     weighting=weighting,
     proximal_mu=mu,
     keep_client_opt_state=keep_client_opt_state,
-    local=local,
+    local=fed_avg.batch_norm_leaves(ctx, local_batch_norm),
   )

@@ -484,10 +484,6 @@ def fishleg(
   """
   if momentum_on not in MOMENTUM_ON:
     raise ConfigError(f'momentum_on={momentum_on!r} is unknown; known: {", ".join(MOMENTUM_ON)}')
-  _check_positive('damping', damping)
-  _check_positive('aux_every', aux_every, integer=True)
-  if initial_scale is not None:
-    _check_positive('initial_scale', initial_scale)
   if sgd_learning_rate is not None:
     if callable(learning_rate):
       raise ConfigError('sgd_learning_rate needs a constant learning_rate')

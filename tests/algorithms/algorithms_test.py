@@ -22,7 +22,7 @@ from fl_testing import (
 from fedcomp import models, tasks
 from fedcomp.algorithms import ALGORITHMS
 from fedcomp.core import AlgorithmContext, ClientMap, FederatedRound, OptimizerStep
-from fedcomp.core.reducers import weighted_mean
+from fedcomp.core.reducers import AGGREGATORS, weighted_mean
 
 SIZES = [5, 3, 6, 2]
 IDS = np.array([0, 1, 2, 3])
@@ -201,8 +201,6 @@ def test_median_aggregator_ignores_a_client_that_sends_garbage(clients):
   poisoned['x'][3] *= 1e4
   results = {}
   for name in ('mean', 'median'):
-    from fedcomp.core.reducers import AGGREGATORS
-
     alg = ALGORITHMS['fed_avg'](context(bias=True, aggregator=AGGREGATORS[name]()))
     server = run_rounds(
       round_for(alg), poisoned, mask, IDS, rounds=1, params=linear_params(5, bias=True)
@@ -298,3 +296,45 @@ def test_fed_bn_keeps_normalisation_layers_on_the_clients(clients):
     server,
     run_rounds(fr8, data, mask, IDS, rounds=2, params=model.params, model_state=model.state)[0],
   )
+
+
+@pytest.mark.parametrize('name', sorted(AGGREGATORS))
+def test_every_aggregator_trains_and_is_bit_identical_on_8_devices(name, clients):
+  def run(devices):
+    alg = ALGORITHMS['fed_avg'](context(bias=True, aggregator=AGGREGATORS[name]()))
+    return run_rounds(
+      round_for(alg, devices), *clients, IDS, rounds=3, params=linear_params(5, bias=True)
+    )
+
+  one, first = run(1), None
+  alg = ALGORITHMS['fed_avg'](context(bias=True, aggregator=AGGREGATORS[name]()))
+  first = run_rounds(round_for(alg), *clients, IDS, rounds=1, params=linear_params(5, bias=True))
+  assert float(one[2]['train/loss']) < float(first[2]['train/loss'])
+  assert tree_equal(one, run(8))
+
+
+@pytest.mark.parametrize('strategy', ['vmap', 'map', 'loop'])
+def test_batch_norm_models_under_every_strategy(strategy, clients):
+  """Averaged and FedBN-local statistics: every strategy gives the vmap result (to float
+  tolerance) and is bit-identical on 8 devices."""
+  data, mask = clients
+  for kw in ({}, {'local_batch_norm': True}):
+    model, ref = bn_round(**kw)
+    want = run_rounds(ref, data, mask, IDS, rounds=2, params=model.params, model_state=model.state)
+    results = []
+    for devices in (1, 8):
+      _, fr = bn_round(devices, **kw)
+      fr = FederatedRound(
+        fr.algorithm,
+        ClientMap(mesh(devices), strategy),
+        num_clients=4,
+        local_epochs=1,
+        batch_size=2,
+        pad_to=6,
+      )
+      results.append(
+        run_rounds(fr, data, mask, IDS, rounds=2, params=model.params, model_state=model.state)
+      )
+    assert tree_equal(results[0], results[1])
+    for a, b in zip(jax.tree.leaves(results[0][:2]), jax.tree.leaves(want[:2])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -231,3 +231,16 @@ def test_one_two_four_eight_devices_give_identical_metrics(overrides, tmp_path):
     federated.run(small_config(num_devices=devices, **overrides), str(tmp_path / str(devices)))
     rows.append(read_metrics(str(tmp_path / str(devices))))
   assert all(r == rows[0] for r in rows[1:])
+
+
+def test_fishleg_clients_with_a_shared_data_warm_up(tmp_path):
+  """The warm-up trains centrally with the clients' optimizer step, FishLeg's extra
+  arguments included (it raised an error after the data had loaded before)."""
+  config = small_config(total_rounds=2, client_tx_name='fishleg')
+  config.client_tx = {'learning_rate': 0.05, 'damping': 0.5, 'aux_every': 2}
+  config.shared_data.beta = 0.1
+  config.shared_data.warmup_epochs = 2
+  summary = federated.run(config, str(tmp_path))
+  warm = json.loads((tmp_path / 'warmup.json').read_text())
+  assert warm['warmup/epochs'] == 2 and warm['warmup/accuracy'] > 0.3  # 10 classes: chance 0.1
+  assert np.isfinite(summary['eval/loss'])
