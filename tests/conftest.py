@@ -4,9 +4,15 @@ import os
 
 import pytest
 
-from fedcomp.utils.xla_flags import set_default_xla_flags
+# 8 fake CPU devices, set before anything imports fedcomp (which adds its own default flags)
+# and before JAX starts its backend.
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+  ).strip()
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+from fedcomp.utils.xla_flags import set_default_xla_flags  # noqa: E402
+
 set_default_xla_flags()
 os.environ.setdefault(
   'JAX_COMPILATION_CACHE_DIR',

@@ -79,7 +79,9 @@ def context(
 
 
 def mesh(num_devices=1):
-  return jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ('clients',))
+  devices = jax.devices()[:num_devices]
+  assert len(devices) == num_devices, f'{num_devices} devices asked for, {len(devices)} present'
+  return jax.sharding.Mesh(np.array(devices), ('clients',))
 
 
 def round_for(

@@ -2,9 +2,11 @@ r"""Throughput: the dispatch-bound small_mlp workload of ../shared/peers.
 
 784-200-62 MLP, 3,400 clients with ragged sizes (10 to 400 examples, seeded
 log-uniform as the peers' scripts), cohort 100, batch 10, 1 local epoch, client SGD 0.1,
-plain FedAvg. Clients run in vmapped chunks of 5 (`map`), each client only for its own
-steps (`client_map.dynamic_steps`, the cohort ordered by size): measured 2.5-2.8x plain vmap,
-whose lanes all run the longest client's 40 steps (mean client: about 10.5).
+plain FedAvg. Clients run in vmapped chunks of 7 (`map`), each client only for its own
+steps (`client_map.dynamic_steps`: clients of similar size share a chunk): with the previous
+engine, chunks of 5 ran 2.5-2.8x plain vmap, whose lanes all run the longest client's 40
+steps (mean client: about 10.5); the canonical layout puts 100 clients on 8 leaves of 13
+slots, which chunks of 7 cover in two (7 + 6).
 
   python -m launch.bench --config=configs/bench/small_mlp.py
   python -m launch.bench --config=configs/bench/small_mlp.py:repeats=3

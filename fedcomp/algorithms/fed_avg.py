@@ -105,11 +105,9 @@ def build(
   opt, server_tx = ctx.client_optimizer, ctx.server_tx
 
   def proximal(anchor):
-    def term(params):
-      sq = sum(
-        jnp.sum((p - a) ** 2) for p, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor))
-      )
-      return 0.5 * proximal_mu * sq
+    def term(params):  # over the shared leaves: local ones do not follow the server
+      diff = local.zero_local(jax.tree.map(jnp.subtract, params, anchor))
+      return 0.5 * proximal_mu * sum(jnp.sum(d**2) for d in jax.tree.leaves(diff))
 
     return term
 
@@ -166,8 +164,10 @@ def build(
     return ServerState(optax.apply_updates(server.params, updates), model_state, opt_state)
 
   def global_model(server, table):
-    mean_row = jax.tree.map(lambda t: t.mean(0), table)
-    return client_model(server, mean_row)
+    """The server's shared leaves with the mean over all clients (also those never sampled,
+    whose rows hold the initial values) of the local leaves and model state."""
+    keys = [k for k in ('params', 'model_state') if k in table]
+    return client_model(server, {k: jax.tree.map(lambda t: t.mean(0), table[k]) for k in keys})
 
   return FederatedAlgorithm(
     server_init=server_init,

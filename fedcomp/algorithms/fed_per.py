@@ -84,6 +84,7 @@ def make(
       f'config.algorithm.num_personal_layers={num_personal_layers!r} must be an int >= 1'
     )
   mask = personal_mask(ctx.model.params, personal_layers, num_personal_layers)
-  if local_batch_norm:
-    mask = tuple(a or b for a, b in zip(mask, fed_avg.norm_leaves(ctx)))
-  return fed_avg.build(ctx, weighting=weighting, local=LocalLeaves(mask, local_batch_norm))
+  norms = fed_avg.batch_norm_leaves(ctx, local_batch_norm)
+  if norms.mask is not None:
+    mask = tuple(a or b for a, b in zip(mask, norms.mask))
+  return fed_avg.build(ctx, weighting=weighting, local=LocalLeaves(mask, norms.state))

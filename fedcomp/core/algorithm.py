@@ -20,6 +20,7 @@ import optax
 
 from fedcomp.core.optimizer_step import OptimizerStep, train_step
 from fedcomp.core.reducers import Reducer, weighted_mean
+from fedcomp.tasks.base import bind
 
 PyTree = Any
 
@@ -94,20 +95,10 @@ class AlgorithmContext:
   aggregator: Reducer = weighted_mean()
   cohort_fraction: float = 1.0
 
-  def loss(self, params, model_state, batch, key):
-    """The task's (mean loss, (sums, new model state)) of the model on a batch."""
-    return self.task.loss(self.model.apply, params, model_state, batch, key)
-
-  def nll_of(self, model_state, batch):
-    """nll_fn(params, key): the NLL of model-sampled targets on `batch` (None: no likelihood)."""
-    if self.task.sampled_nll is None:
-      return None
-    return lambda p, k: self.task.sampled_nll(self.model.apply, p, model_state, batch, k)
-
   def local_step(self, params, model_state, opt_state, batch, key, **kwargs):
     """fedcomp.core.optimizer_step.train_step with the task, model and client optimizer."""
-    nll_of = self.nll_of if self.task.sampled_nll is not None else None
+    loss_fn, nll_of = bind(self.task, self.model.apply)
     return train_step(
-      self.loss, self.client_optimizer, params, model_state, opt_state, batch, key,
+      loss_fn, self.client_optimizer, params, model_state, opt_state, batch, key,
       nll_of=nll_of, **kwargs,
     )  # fmt: skip

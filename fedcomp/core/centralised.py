@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from fedcomp.core.local_steps import run_local_steps
 from fedcomp.core.optimizer_step import OptimizerStep, train_step
+from fedcomp.tasks.base import bind
 
 
 def make_epoch_fn(task, apply, step: OptimizerStep, batch_size: int):
@@ -31,12 +32,7 @@ def make_epoch_fn(task, apply, step: OptimizerStep, batch_size: int):
     task sums (with 'count').
   """
 
-  def loss(p, s, batch, key):
-    return task.loss(apply, p, s, batch, key)
-
-  nll_of = None
-  if task.sampled_nll is not None:
-    nll_of = lambda s, batch: lambda p, k: task.sampled_nll(apply, p, s, batch, k)  # noqa: E731
+  loss, nll_of = bind(task, apply)
 
   def one_step(carry, batch, key):
     params, model_state, opt_state = carry

@@ -23,7 +23,9 @@ butterfly (each step adds the partner's value: x + y == y + x exactly). Every st
 every device count D dividing `width` computes the same additions in the same order.
 The spare slots of the layout (K < width·c) are spread over the leaves in bit-reversed
 order, so every aligned block of leaves, hence every device, gets an equal share of real
-clients (±1); spare slots contribute exact zeros and are not run ('map', 'vmap').
+clients (±1). Spare slots contribute exact zeros; with 'map', a chunk without real
+clients is not run (one client at a time: no spare slot is run); 'vmap' runs a leaf's
+spare slots with its real clients, 'loop' all of them.
 
 The clients' own computation must also not depend on the device count. A device runs its
 leaves one after another, and in a leaf a while loop over the chunks that hold real
@@ -71,7 +73,7 @@ class CohortLayout(NamedTuple):
   per_leaf: int
 
 
-def _bit_reversed(n: int) -> np.ndarray:
+def bit_reversed(n: int) -> np.ndarray:
   """0..n-1 in bit-reversed order (n a power of two)."""
   bits = max(n.bit_length() - 1, 0)
   return np.array([int(format(i, f'0{bits}b')[::-1], 2) if bits else 0 for i in range(n)])
@@ -93,7 +95,7 @@ def cohort_layout(cohort_size: int, width: int) -> CohortLayout:
   """
   per_leaf = -(-cohort_size // width)
   counts = np.full(width, cohort_size // width)
-  counts[_bit_reversed(width)[: cohort_size % width]] += 1
+  counts[bit_reversed(width)[: cohort_size % width]] += 1
   starts = np.arange(width) * per_leaf
   slots = np.concatenate([starts[j] + np.arange(counts[j]) for j in range(width)])
   return CohortLayout(slots.astype(np.int64), width * per_leaf, per_leaf)
@@ -155,7 +157,8 @@ class ClientMap:
   Args:
     mesh: a 1-D mesh with axis 'clients'.
     strategy: 'vmap', 'map' or 'loop' (see the module docstring).
-    chunk_size: with 'map', clients vmapped per chunk; None or 1: one client at a time.
+    chunk_size: with 'map', clients vmapped per chunk (at most a leaf's ⌈K/width⌉ slots);
+      None or 1: one client at a time.
     reduction_width: leaves of the canonical layout, a power of two; results are
       bit-identical across device counts that divide it. A larger device count raises it
       to the device count.
@@ -252,7 +255,8 @@ class ClientMap:
         returned per client. Pure; traced once per distinct chunk shape.
       shared: a pytree every client sees (replicated), e.g. the server state.
       clients: per-client pytree with leading axis = the layout size (see `place`).
-      valid: (size,) bool, True for real clients (see `valid`).
+      valid: (size,) bool, True for real clients (see `valid`); in every leaf the real
+        clients come first (as `place` and `cohort_layout` put them).
       reducer: how the values become one result.
 
     Returns:
@@ -353,7 +357,7 @@ class ClientMap:
     """Leaves one after another (lax.map); in a leaf, chunks of `size` clients vmapped.
 
     A leaf runs only its chunks that hold real clients (a while loop up to its last real
-    slot; spare slots come last in a leaf), so padding costs nothing, and the clients and
+    slot; spare slots come last in a leaf: a precondition of `valid`), and the clients and
     folds sit in a loop body whatever the device count, so XLA compiles them the same way
     (a loop of known trip count 1 would be inlined into the code around it, where XLA:CPU
     may contract multiply-adds into FMAs differently). A while loop is not reverse-mode

@@ -19,7 +19,7 @@ from fedcomp.core.client_map import AXIS
 PyTree = Any
 
 
-def _host_means(values: dict, mask: np.ndarray) -> dict[str, float]:
+def host_means(values: dict, mask: np.ndarray) -> dict[str, float]:
   """Means of per-example values over the real rows, summed in float64 on the host."""
   n = int(mask.sum())
   out = {}
@@ -72,7 +72,7 @@ def make_evaluator(task, apply: Callable, batch_size: int, mesh: jax.sharding.Me
     mask = (np.arange(steps * step) < n).reshape(steps, step)
     data['mask'] = mask
     values = sharded(params, model_state, jax.device_put(data, split))
-    return _host_means(jax.device_get(values), mask)
+    return host_means(jax.device_get(values), mask)
 
   return evaluate
 
@@ -114,6 +114,3 @@ def make_client_evaluator(
     return jax.device_get(run(server, rows, data, mask))
 
   return evaluate
-
-
-host_means = _host_means

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedcomp.core.algorithm import FederatedAlgorithm
-from fedcomp.core.client_map import ClientMap, varying
+from fedcomp.core.client_map import ClientMap, bit_reversed, varying
 from fedcomp.core.local_steps import run_local_steps
 from fedcomp.core.reducers import combine, total
+from fedcomp.tasks.base import metrics_from_sums
 
 PyTree = Any
 
@@ -98,11 +99,44 @@ class FederatedRound:
     rep = self.client_map.replicated
     return jax.device_put(server, rep), jax.device_put(table, rep)
 
+  def chunk(self, cohort_size: int) -> int:
+    """How many clients a device runs at once (one vmap) for a cohort of this size."""
+    cm = self.client_map
+    per_leaf = cm.layout(cohort_size).per_leaf
+    if cm.strategy == 'vmap':
+      return per_leaf
+    return 1 if cm.strategy == 'loop' else min(cm.chunk_size or 1, per_leaf)
+
   def cohort_order(self, sizes: np.ndarray) -> np.ndarray:
-    """The order clients take in the layout: by size, largest first, with dynamic_steps."""
+    """The order clients take in the layout (which fills leaves in this order).
+
+    Without dynamic_steps, the cohort's own order. With it, the clients ranked by size,
+    largest first, cut into groups of one chunk each (similar sizes, so a chunk's while
+    loop stops soon after its own clients), and the groups dealt to the leaves in
+    bit-reversed order (0, 4, 2, 6, 1, ...) and back, so every device, for any device count
+    that divides the width, gets large and small clients alike. A function of the sizes
+    only.
+    """
     if not self.dynamic_steps:
       return np.arange(len(sizes))
-    return np.argsort(-np.asarray(sizes), kind='stable')
+    k = len(sizes)
+    layout = self.client_map.layout(k)
+    width = self.client_map.width
+    room = np.bincount(layout.slots // layout.per_leaf, minlength=width)
+    deal = bit_reversed(width)
+    leaves = [[] for _ in range(width)]
+    ranked = np.argsort(-np.asarray(sizes), kind='stable')
+    # Serpentine: each pass over the leaves deals in the reverse order of the last, so the
+    # leaf served first (the largest group) is served last on the next pass.
+    order = np.concatenate([deal, deal[::-1]])
+    size, turn = self.chunk(k), 0
+    for start in range(0, k, size):
+      for client in ranked[start : start + size]:
+        while len(leaves[order[turn % (2 * width)]]) >= room[order[turn % (2 * width)]]:
+          turn += 1  # that leaf is full: the rest of the group goes to the next one
+        leaves[order[turn % (2 * width)]].append(client)
+      turn += 1
+    return np.concatenate([np.asarray(leaf, np.int64) for leaf in leaves])
 
   def slot_ids(self, ids: np.ndarray) -> np.ndarray:
     """Client id of every slot of the cohort's layout; spare slots hold num_clients."""
@@ -118,23 +152,21 @@ class FederatedRound:
       (slot_ids, data, mask, valid) on the mesh: the arguments of `round` after the state.
     """
     valid = slot_ids < self.num_clients
+    by_leaf = valid.reshape(self.client_map.width, -1)
+    if (by_leaf[:, 1:] & ~by_leaf[:, :-1]).any():
+      raise ValueError('a leaf of the layout has a real client after a spare slot')
     return jax.device_put((slot_ids.astype(np.int32), data, mask, valid), self.client_map.sharded)
 
   def put_cohort(self, ids: np.ndarray, data: dict, mask: np.ndarray):
     """Lays out and transfers a cohort given in cohort order: ids (K,), data (K, pad, ...)."""
     order = self.cohort_order(mask.sum(1))
-    ids, mask = np.asarray(ids)[order], mask[order]
-    data = {k: np.asarray(v)[order] for k, v in data.items()}
-    layout = self.client_map.layout(len(ids))
-
-    def laid_out(a, fill=0):
-      out = np.full((layout.size, *a.shape[1:]), fill, a.dtype)
-      out[layout.slots] = a
-      return out
-
-    return self.put(
-      self.slot_ids(ids), {k: laid_out(v) for k, v in data.items()}, laid_out(mask, False)
+    ids = np.asarray(ids)[order]
+    data, mask = self.client_map.place(
+      ({k: np.asarray(v)[order] for k, v in data.items()}, mask[order])
     )
+    slots = self.slot_ids(ids)
+    slots, valid = jax.device_put((slots, slots < self.num_clients), self.client_map.sharded)
+    return slots, data, mask, valid
 
   # ------------------------------------------------------------------ round
   def _client(self, server, client):
@@ -167,10 +199,7 @@ class FederatedRound:
     )
     server = self.algorithm.server_update(server, aggregate)
     table = jax.tree.map(lambda t, r: t.at[ids].set(r, mode='drop'), table, new_rows)
-    metrics = {
-      f'train/{k}': v / jnp.maximum(sums['count'], 1.0) for k, v in sums.items() if k != 'count'
-    }
-    metrics['train/examples'] = sums['count']
+    metrics = metrics_from_sums(sums, 'train')
     # What a checkpoint of this round would hold must be finite: the server state and the
     # rows just written (the rest of the table was checked when it was written).
     metrics['finite'] = all_finite(server) & all_finite(jax.tree.map(lambda r: jnp.where(

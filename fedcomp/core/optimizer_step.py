@@ -70,6 +70,7 @@ def train_step(
   nll_of: Callable | None = None,
   extra_loss: Callable[[PyTree], jax.Array] | None = None,
   correct_grads: Callable[[PyTree], PyTree] | None = None,
+  optimizer_key: jax.Array | None = None,
 ):
   """One minibatch step: gradients of the loss, then the optimizer step.
 
@@ -85,6 +86,7 @@ def train_step(
       targets on this batch, for curvature-aware optimizers; None if the task has none.
     extra_loss: params -> a term added to the loss (FedProx's proximal term).
     correct_grads: grads -> the gradients the optimizer sees (SCAFFOLD's correction).
+    optimizer_key: the optimizer's key (default fold_in(key, 1)).
 
   Returns:
     (params, model_state, opt_state, sums, raw gradients of the loss + extra_loss).
@@ -97,5 +99,7 @@ def train_step(
   grads, (sums, new_state) = jax.grad(objective, has_aux=True)(params)
   used = correct_grads(grads) if correct_grads is not None else grads
   nll_fn = nll_of(model_state, batch) if nll_of is not None else None
-  params, opt_state = step(used, opt_state, params, nll_fn=nll_fn, key=jax.random.fold_in(key, 1))
+  if optimizer_key is None:
+    optimizer_key = jax.random.fold_in(key, 1)
+  params, opt_state = step(used, opt_state, params, nll_fn=nll_fn, key=optimizer_key)
   return params, new_state, opt_state, sums, grads

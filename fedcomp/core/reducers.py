@@ -105,8 +105,19 @@ def grouped_mean(num_groups: int, group_weights: Sequence[float] | None = None) 
   return Reducer(summand=summand, finish=finish)
 
 
+def _robust(finish):
+  """A robust rule over the clients' updates: unweighted, but a client of weight 0 (and a
+  spare slot) is left out."""
+
+  def wrapped(t, s, valid):
+    updates, weights = s
+    return finish(updates, valid & (weights > 0))
+
+  return Reducer(summand=lambda v: (), finish=wrapped, stack=lambda v: (v.update, v.weight))
+
+
 def _sorted_valid(values, valid):
-  """Values sorted along the client axis with padded slots last (+inf), and the count."""
+  """Values sorted along the client axis with left-out slots last (+inf), and the count."""
   n = valid.sum()
 
   def sort(a):
@@ -117,10 +128,11 @@ def _sorted_valid(values, valid):
 
 
 def coordinate_median() -> Reducer:
-  """The coordinate-wise median of the clients' updates (unweighted; Yin et al. 2018)."""
+  """The coordinate-wise median of the clients' updates (unweighted, clients of weight 0
+  left out; Yin et al. 2018)."""
 
-  def finish(t, s, valid):
-    ordered, n = _sorted_valid(s, valid)
+  def finish(updates, valid):
+    ordered, n = _sorted_valid(updates, valid)
     lo, hi = (n - 1) // 2, n // 2
 
     def median(a):
@@ -128,12 +140,13 @@ def coordinate_median() -> Reducer:
 
     return jax.tree.map(median, ordered)
 
-  return Reducer(summand=lambda v: (), finish=finish, stack=lambda v: v.update)
+  return _robust(finish)
 
 
 def trimmed_mean(beta: float = 0.1) -> Reducer:
   """The coordinate-wise β-trimmed mean: per coordinate, drop the floor(β·n) smallest and
-  largest of the n clients' values and average the rest (unweighted; Yin et al. 2018).
+  largest of the n clients' values and average the rest (unweighted, clients of weight 0
+  left out; Yin et al. 2018).
 
   Args:
     beta: the share trimmed at each end, in [0, 0.5).
@@ -144,8 +157,8 @@ def trimmed_mean(beta: float = 0.1) -> Reducer:
   if not 0.0 <= beta < 0.5:
     raise ConfigError(f'config.aggregator.beta={beta} must be in [0, 0.5)')
 
-  def finish(t, s, valid):
-    ordered, n = _sorted_valid(s, valid)
+  def finish(updates, valid):
+    ordered, n = _sorted_valid(updates, valid)
     k = jnp.floor(beta * n).astype(jnp.int32)
 
     def mean(a):
@@ -157,7 +170,7 @@ def trimmed_mean(beta: float = 0.1) -> Reducer:
 
     return jax.tree.map(mean, ordered)
 
-  return Reducer(summand=lambda v: (), finish=finish, stack=lambda v: v.update)
+  return _robust(finish)
 
 
 AGGREGATORS = {

@@ -101,12 +101,6 @@ class RunDir:
     with open(path) as f:
       return cls(workdir, json.load(f))
 
-  @property
-  def recorded_config(self) -> dict:
-    """The config the run recorded."""
-    with open(self.path(CONFIG)) as f:
-      return json.load(f)
-
   def path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
 

@@ -29,6 +29,7 @@ from absl import logging
 from fedcomp.core import trainer
 from fedcomp.errors import ConfigError
 from fedcomp.experiments import federated
+from fedcomp.registry import check_known_keys
 from fedcomp.utils.config_overrides import with_overrides
 
 
@@ -52,6 +53,33 @@ def _device_memory_mib() -> float | None:
   return None if peak is None else peak / 2**20
 
 
+BENCH_KEYS = (
+  'workload',
+  'warmup_rounds',
+  'timed_rounds',
+  'repeats',
+  'peak_matmul_n',
+  'eval_every_rounds',
+  'cases',
+)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """The federated config and its bench section, checked (ConfigError naming the key)."""
+  federated.validate(config, ('bench',))
+  bench = config.bench
+  check_known_keys(bench, BENCH_KEYS, 'config.bench')
+  for key, least in (
+    ('warmup_rounds', 0),
+    ('timed_rounds', 1),
+    ('repeats', 1),
+    ('eval_every_rounds', 0),
+    ('peak_matmul_n', 1),
+  ):
+    if not isinstance(bench[key], int) or bench[key] < least:
+      raise ConfigError(f'config.bench.{key}={bench[key]!r} must be an integer >= {least}')
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Benchmarks each case of `config` (one JSON line per case and repeat).
 
@@ -64,7 +92,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     The result dicts of all cases and repeats.
   """
   cases = list(config.bench.get('cases') or [{}])
-  cased = [with_overrides(config, dict(c)) for c in cases]  # bad keys fail before any work
+  cased = [with_overrides(config, dict(c)) for c in cases]
+  for case in cased:  # every case's config is checked before any work
+    check(case)
   results = []
   for case, overrides in zip(cased, cases):
     results += run_case(case, workdir, dict(overrides))
@@ -86,16 +116,8 @@ def run_case(
   Returns:
     The result dicts (also printed, one JSON line each).
   """
-  federated.validate(config, ('bench',))
+  check(config)
   bench = config.bench
-  for key, least in (
-    ('warmup_rounds', 0),
-    ('timed_rounds', 1),
-    ('repeats', 1),
-    ('eval_every_rounds', 0),
-  ):
-    if not isinstance(bench[key], int) or bench[key] < least:
-      raise ConfigError(f'config.bench.{key}={bench[key]!r} must be an integer >= {least}')
   os.makedirs(workdir, exist_ok=True)
   setup = federated.build(config)
   fd, fr = setup.data, setup.round
@@ -133,7 +155,8 @@ def run_case(
       examples.append(count)
       if bench.eval_every_rounds and (i + 1) % bench.eval_every_rounds == 0:
         t = time.perf_counter()
-        setup.evaluate(*setup.algorithm.server_model(server), fd.global_test)
+        state = trainer.TrainState(server, table)
+        setup.evaluate(*trainer.global_model(setup, state), fd.global_test)
         eval_secs.append(time.perf_counter() - t)
     round_sec = float(np.median(times))
     examples_per_sec = float(np.median(np.asarray(examples) / np.asarray(times)))

@@ -89,16 +89,17 @@ def layer_divergence(params, reference) -> dict[str, float]:
 
 
 def sgd_reference(config, setup, path: str) -> tuple[list, list[float]]:
-  """SGD models after each round and their test accuracies (cached in `path`).
+  """SGD models after each round and their test accuracies (cached in `path` for this config).
 
   Centralised training runs the clients' step code on one "client" holding every
   client's training data (fedcomp.core.centralised), with the client optimizer.
   """
   rounds = config.total_rounds
+  key = json.dumps(config.to_dict(), sort_keys=True, default=str)  # what the models depend on
   leaves, treedef = jax.tree.flatten(setup.model.params)
   if os.path.exists(path):
     with np.load(path) as f:
-      if int(f['rounds']) == rounds:
+      if 'config' in f and str(f['config']) == key:
         per_round = [
           jax.tree.unflatten(treedef, [f[f'r{r}_{i}'] for i in range(len(leaves))])
           for r in range(rounds)
@@ -122,7 +123,7 @@ def sgd_reference(config, setup, path: str) -> tuple[list, list[float]]:
     f'r{r}_{i}': leaf for r, p in enumerate(per_round) for i, leaf in enumerate(jax.tree.leaves(p))
   }
   tmp = path + '.tmp.npz'
-  np.savez(tmp, rounds=rounds, accuracy=np.asarray(accuracy), **arrays)
+  np.savez(tmp, config=np.asarray(key), accuracy=np.asarray(accuracy), **arrays)
   os.replace(tmp, path)
   return per_round, accuracy
 

@@ -37,6 +37,7 @@ from fedcomp.errors import TrainingDivergedError
 from fedcomp.models.im2col import resolve_conv_impl
 from fedcomp.optim import OPTIMIZERS, make_tx
 from fedcomp.registry import ConfigError, check_known_keys, check_kwargs, lookup
+from fedcomp.utils import xla_flags
 from fedcomp.utils.progress import Progress
 
 # The top-level keys of a federated config (configs/common.py's federated_config).
@@ -328,6 +329,12 @@ def build(config: ml_collections.ConfigDict, *, task_extra: Mapping | None = Non
     **check_kwargs(client_map_options, config.client_map, 'client_map', 'client_map')
   )
   mesh = make_mesh(config.num_devices)
+  if jax.default_backend() == 'cpu' and not xla_flags.fma_contraction_is_off():
+    logging.warning(
+      'XLA_FLAGS lacks %s (JAX started before fedcomp set it?): results may differ in the '
+      'last bits between device counts',
+      xla_flags.NO_FMA,
+    )
   conv_impl = resolve_conv_impl(config.model.get('conv_impl'))
   strategy, unroll = auto_strategy(model.params, conv_impl)
   if options['strategy'] != 'auto':
@@ -455,6 +462,11 @@ def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
 
   # --- state: fresh or resumed ---------------------------------------------
   start = rd.latest_round() or 0
+  if start > config.total_rounds:
+    raise ConfigError(
+      f'config.total_rounds={config.total_rounds} is below the round of the newest checkpoint '
+      f'({start}) in {rd.workdir}; set total_rounds >= {start} or use a new --workdir'
+    )
   params, model_state = None, None
   if setup.shared is not None and not start:  # a resumed run has its warm-up in the state
     (params, model_state), warm = warm_up(setup, config)
@@ -468,7 +480,7 @@ def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
   if start:
     state = trainer.TrainState(*rd.restore(start, tuple(state)))
     logging.info('resumed from the checkpoint of round %d', start)
-  if start >= config.total_rounds:
+  if start == config.total_rounds:
     logging.info('nothing to do: the run already has %d rounds', start)
 
   # --- rounds ----------------------------------------------------------------

@@ -33,12 +33,12 @@ from absl import logging
 
 from fedcomp import data as fdata
 from fedcomp import models, tasks
-from fedcomp.core.optimizer_step import OptimizerStep
+from fedcomp.core.optimizer_step import OptimizerStep, train_step
 from fedcomp.core.run_dir import RunDir
 from fedcomp.data.federated import as_batch
 from fedcomp.data.subset import subsample
 from fedcomp.optim import fishleg_transform, make_tx
-from fedcomp.registry import ConfigError
+from fedcomp.registry import ConfigError, check_known_keys
 
 TASKS = ('classification', 'reconstruction')
 
@@ -46,32 +46,25 @@ TASKS = ('classification', 'reconstruction')
 def make_chunk_fn(task, apply, step: OptimizerStep, batch_size: int, steps: int):
   """jit: `steps` optimizer steps on random minibatches -> (params, state, opt_state, mean loss).
 
-  Each step draws batch_size examples uniformly with replacement, takes the task's loss
-  and gradients in training mode, and applies the one optimizer step (FishLeg gets the
-  NLL of model-sampled targets on the same minibatch as its extra argument).
+  Each step draws batch_size examples uniformly with replacement and takes one
+  fedcomp.core.optimizer_step.train_step (FishLeg gets the NLL of model-sampled targets on
+  the same minibatch as its extra argument).
   """
-
-  def loss_fn(params, model_state, batch, key):
-    return task.loss(apply, params, model_state, batch, key)
+  loss_fn, nll_of = tasks.bind(task, apply)
 
   @jax.jit
   def chunk(params, model_state, opt_state, data, key):
     n = data['x'].shape[0]
 
     def one(carry, k):
-      params, model_state, opt_state = carry
       k_batch, k_loss, k_fisher = jax.random.split(k, 3)
       idx = jax.random.randint(k_batch, (batch_size,), 0, n)
       batch = {name: a[idx] for name, a in data.items()}
       batch['mask'] = jnp.ones(batch_size, bool)
-      (loss, (_, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, model_state, batch, k_loss
+      params, model_state, opt_state, sums, _ = train_step(
+        loss_fn, step, *carry, batch, k_loss, nll_of=nll_of, optimizer_key=k_fisher
       )
-      nll_fn = None
-      if task.sampled_nll is not None:
-        nll_fn = lambda p, key: task.sampled_nll(apply, p, model_state, batch, key)  # noqa: E731
-      params, opt_state = step(grads, opt_state, params, nll_fn=nll_fn, key=k_fisher)
-      return (params, new_state, opt_state), loss
+      return (params, model_state, opt_state), tasks.mean_of(sums)
 
     (params, model_state, opt_state), losses = jax.lax.scan(
       one, (params, model_state, opt_state), jax.random.split(key, steps)
@@ -93,7 +86,27 @@ def fishleg_aux_loss(opt_state) -> float | None:
   return float(found[0].aux_loss) if found else None
 
 
+KEYS = (
+  'experiment',
+  'seed',
+  'data_name',
+  'data',
+  'train_examples',
+  'task_name',
+  'task',
+  'model_name',
+  'model',
+  'batch_size',
+  'total_steps',
+  'log_every_steps',
+  'final_window',
+  'optimizers',
+)
+
+
 def _check(config):
+  check_known_keys(config, KEYS, 'config')
+  check_known_keys(config.optimizers, ('grid', 'kwargs'), 'config.optimizers')
   for key in ('total_steps', 'log_every_steps', 'batch_size', 'final_window'):
     v = config[key]
     if not isinstance(v, int) or v <= 0:

@@ -57,10 +57,6 @@ class BuiltModel:
   norm_paths: tuple[str, ...]
   flops_per_example: int
 
-  def logits(self, params, state, x):
-    """Inference outputs (train=False) of a batch."""
-    return self.apply(params, state, x)[0]
-
 
 def _options_signature(model_cls) -> Callable:
   """Returns a stub whose signature lists the config options of `model_cls.__init__`.

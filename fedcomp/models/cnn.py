@@ -9,8 +9,6 @@ from flax import nnx
 from fedcomp.errors import ConfigError
 from fedcomp.models import im2col
 
-resolve_conv_impl = im2col.resolve_conv_impl
-
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -57,7 +55,7 @@ class Model(nnx.Module):
         f'config.model.compute_dtype={compute_dtype!r} is unknown; known: '
         f'{", ".join(COMPUTE_DTYPES)}'
       )
-    self.conv_impl = resolve_conv_impl(conv_impl)
+    self.conv_impl = im2col.resolve_conv_impl(conv_impl)
     self.compute_dtype = jnp.dtype(compute_dtype)
     features = tuple(int(f) for f in features)
     dropout = tuple(float(r) for r in dropout)

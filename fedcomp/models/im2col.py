@@ -91,11 +91,6 @@ def conv2d(
   return out if bias is None else out + bias
 
 
-def conv2d_valid(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-  """A stride-1 VALID convolution by im2col (see conv2d)."""
-  return conv2d(x, kernel, bias)
-
-
 def apply_conv(conv: nnx.Conv, x: jax.Array, *, im2col: bool, dtype=None) -> jax.Array:
   """Runs an nnx.Conv layer by im2col or by XLA's convolution (the same function).
 

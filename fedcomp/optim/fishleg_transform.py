@@ -58,6 +58,7 @@ import optax
 
 from fedcomp.errors import ConfigError
 from fedcomp.optim import fishleg_blocks
+from fedcomp.tasks import classification
 from fedcomp.utils.param_paths import leaf_paths
 
 PyTree = Any
@@ -226,16 +227,12 @@ def sampled_nll(apply: Callable, x: jax.Array, mask: jax.Array | None = None) ->
     nll_fn(params, key) -> scalar.
   """
 
-  m = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+  batch = {'x': x, 'mask': jnp.ones(x.shape[0], bool) if mask is None else mask}
 
-  def nll(params, key):
-    k_model, k_label = jax.random.split(key)
-    logits = apply(params, x, train=True, key=k_model)
-    y = jax.lax.stop_gradient(jax.random.categorical(k_label, logits))
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return (ce * m).sum() / jnp.maximum(m.sum(), 1.0)
+  def stateful(params, state, x, *, train=False, key=None, mask=None):
+    return apply(params, x, train=train, key=key), state
 
-  return nll
+  return lambda params, key: classification.sampled_nll(stateful, params, {}, batch, key)
 
 
 def bernoulli_sampled_nll(apply: Callable, x: jax.Array) -> Callable:

@@ -7,10 +7,11 @@ its config kwargs checked.
 from collections.abc import Mapping
 from typing import Any
 
-from fedcomp.registry import check_kwargs, lookup
+from fedcomp.registry import ConfigError, check_kwargs, lookup
 from fedcomp.tasks import classification, distillation, reconstruction
-from fedcomp.tasks.base import Task, masked_sums, mean_of, metrics_from_sums
+from fedcomp.tasks.base import Task, bind, masked_sums, mean_of, metrics_from_sums
 
+CODE_ONLY = ('teacher',)  # task arguments that are functions
 TASKS = {
   'classification': classification.make,
   'distillation': distillation.make,
@@ -31,7 +32,9 @@ def make_task(name: str, kwargs: Mapping[str, Any] | None = None, **extra) -> Ta
   """
   make = lookup(TASKS, name, 'task_name')
   kw = check_kwargs(make, kwargs or {}, 'task', f'task {name!r}')
+  for key in set(kw) & set(CODE_ONLY):
+    raise ConfigError(f'config.task.{key} cannot be set in a config (a function, given in code)')
   return make(**kw, **extra)
 
 
-__all__ = ['TASKS', 'Task', 'make_task', 'masked_sums', 'mean_of', 'metrics_from_sums']
+__all__ = ['TASKS', 'Task', 'bind', 'make_task', 'masked_sums', 'mean_of', 'metrics_from_sums']

@@ -58,6 +58,26 @@ def mean_of(sums: Mapping[str, jax.Array], key: str = 'loss') -> jax.Array:
 def metrics_from_sums(sums: Mapping[str, Any], prefix: str) -> dict[str, Any]:
   """{prefix/name: sum / count} for every sum but 'count', and {prefix/examples: count}."""
   count = sums['count']
-  out = {f'{prefix}/{k}': v / max(count, 1.0) for k, v in sums.items() if k != 'count'}
+  out = {f'{prefix}/{k}': v / jnp.maximum(count, 1.0) for k, v in sums.items() if k != 'count'}
   out[f'{prefix}/examples'] = count
   return out
+
+
+def bind(task: Task, apply: Callable) -> tuple[Callable, Callable | None]:
+  """The task's functions for one model.
+
+  Returns:
+    (loss_fn(params, state, batch, key) -> (mean loss, (sums, new state)),
+     nll_of(state, batch) -> nll_fn(params, key), or None when the task has no likelihood).
+  """
+
+  def loss_fn(params, state, batch, key):
+    return task.loss(apply, params, state, batch, key)
+
+  if task.sampled_nll is None:
+    return loss_fn, None
+
+  def nll_of(state, batch):
+    return lambda params, key: task.sampled_nll(apply, params, state, batch, key)
+
+  return loss_fn, nll_of

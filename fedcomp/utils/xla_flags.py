@@ -1,6 +1,7 @@
 """XLA flags fedcomp sets by default, before JAX's backend starts."""
 
 import os
+import platform
 
 # XLA:CPU's concurrency-optimised scheduler keeps every unrolled local step's
 # temporaries live (25 MB per step of the EMNIST CNN at batch 32): a round of 10
@@ -16,9 +17,10 @@ import os
 # Eigen's and keep AVX2/FMA (2048^2 matmul: the same GFLOP/s). Measured side by side on
 # this 2-core CPU: no throughput difference beyond noise (emnist_cnn 600 vs 603 examples/s
 # median of 6, small_mlp 18.3k vs 20.1k).
-DEFAULT_FLAGS = (
-  '--xla_cpu_enable_concurrency_optimized_scheduler=false',
-  '--xla_cpu_max_isa=AVX',
+# (x86 only: the flag names x86 instruction sets.)
+NO_FMA = '--xla_cpu_max_isa=AVX'
+DEFAULT_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',) + (
+  (NO_FMA,) if platform.machine().lower() in ('x86_64', 'amd64') else ()
 )
 
 
@@ -33,3 +35,10 @@ def set_default_xla_flags(environ=os.environ) -> str:
       flags = f'{flags} {flag}'.strip()
   environ['XLA_FLAGS'] = flags
   return flags
+
+
+def fma_contraction_is_off(environ=os.environ) -> bool:
+  """Whether XLA_FLAGS caps XLA:CPU at an ISA without FMA (or the machine is not x86)."""
+  if NO_FMA not in DEFAULT_FLAGS:
+    return True
+  return NO_FMA.split('=')[0] in environ.get('XLA_FLAGS', '')

@@ -60,6 +60,24 @@ class TestBattery:
     eight = run_rounds(make(name, 8), *clients, IDS, rounds=2, params=params)
     assert tree_equal(one, eight)
 
+  @pytest.mark.parametrize('strategy', ['vmap', 'map', 'loop'])
+  def test_thirteen_clients_every_strategy_and_device_count(self, name, strategy):
+    """13 clients: 2 slots per leaf, so leaves are vmapped (width 2) and hold spare slots."""
+    data, mask = random_clients(13, 6, [6, 5, 4, 3, 2, 1, 6, 5, 4, 3, 2, 1, 6], seed=4)
+    ids = np.arange(13)
+    params = linear_params(5, bias=True)
+
+    def run(devices, strategy, chunk=None):
+      alg = ALGORITHMS[name](context(bias=True, cohort_fraction=1.0))
+      fr = round_for(alg, devices, num_clients=13, strategy=strategy, chunk_size=chunk)
+      return run_rounds(fr, data, mask, ids, rounds=2, params=params)
+
+    one = run(1, strategy, 2)
+    assert tree_equal(one, run(8, strategy, 2))
+    reference = run(1, 'vmap')
+    for a, b in zip(jax.tree.leaves(one[0].params), jax.tree.leaves(reference[0].params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
 
 # ------------------------------------------------------------------ float64 references
 def softmax_grads(w, b, x, y):
@@ -234,7 +252,7 @@ def test_fishleg_clients_vmapped_sharded_and_stateful(clients):
 
 
 # ------------------------------------------------------------------ BatchNorm state
-def bn_round(devices=1, **kw):
+def bn_round(devices=1, num_clients=4, **kw):
   model = models.build_model('mlp', {'hidden': (8,), 'batch_norm': True}, (5,), 3, seed=0)
   ctx = AlgorithmContext(
     model=model,
@@ -245,7 +263,12 @@ def bn_round(devices=1, **kw):
   )
   alg = ALGORITHMS['fed_avg'](ctx, **kw)
   return model, FederatedRound(
-    alg, ClientMap(mesh(devices), 'vmap'), num_clients=4, local_epochs=1, batch_size=2, pad_to=6
+    alg,
+    ClientMap(mesh(devices), 'vmap'),
+    num_clients=num_clients,
+    local_epochs=1,
+    batch_size=2,
+    pad_to=6,
   )
 
 
@@ -306,7 +329,7 @@ def test_every_aggregator_trains_and_is_bit_identical_on_8_devices(name, clients
       round_for(alg, devices), *clients, IDS, rounds=3, params=linear_params(5, bias=True)
     )
 
-  one, first = run(1), None
+  one = run(1)
   alg = ALGORITHMS['fed_avg'](context(bias=True, aggregator=AGGREGATORS[name]()))
   first = run_rounds(round_for(alg), *clients, IDS, rounds=1, params=linear_params(5, bias=True))
   assert float(one[2]['train/loss']) < float(first[2]['train/loss'])
@@ -314,26 +337,27 @@ def test_every_aggregator_trains_and_is_bit_identical_on_8_devices(name, clients
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'map', 'loop'])
-def test_batch_norm_models_under_every_strategy(strategy, clients):
-  """Averaged and FedBN-local statistics: every strategy gives the vmap result (to float
-  tolerance) and is bit-identical on 8 devices."""
-  data, mask = clients
+def test_batch_norm_models_under_every_strategy(strategy):
+  """Averaged and FedBN-local statistics, 11 clients (vmapped leaves of 2): every strategy
+  gives the vmap result (to float tolerance) and is bit-identical on 8 devices."""
+  data, mask = random_clients(11, 6, [6, 3, 5, 2, 4, 6, 1, 3, 5, 2, 6], seed=5)
+  ids = np.arange(11)
   for kw in ({}, {'local_batch_norm': True}):
-    model, ref = bn_round(**kw)
-    want = run_rounds(ref, data, mask, IDS, rounds=2, params=model.params, model_state=model.state)
+    model, ref = bn_round(num_clients=11, **kw)
+    want = run_rounds(ref, data, mask, ids, rounds=2, params=model.params, model_state=model.state)
     results = []
     for devices in (1, 8):
-      _, fr = bn_round(devices, **kw)
+      _, fr = bn_round(devices, num_clients=11, **kw)
       fr = FederatedRound(
         fr.algorithm,
         ClientMap(mesh(devices), strategy),
-        num_clients=4,
+        num_clients=11,
         local_epochs=1,
         batch_size=2,
         pad_to=6,
       )
       results.append(
-        run_rounds(fr, data, mask, IDS, rounds=2, params=model.params, model_state=model.state)
+        run_rounds(fr, data, mask, ids, rounds=2, params=model.params, model_state=model.state)
       )
     assert tree_equal(results[0], results[1])
     for a, b in zip(jax.tree.leaves(results[0][:2]), jax.tree.leaves(want[:2])):

@@ -89,11 +89,12 @@ def test_weighted_mean_of_computed_updates_is_bit_identical_on_1_2_4_8_devices(s
   np.testing.assert_allclose(results[0], want.sum(0) / n.sum(), rtol=1e-5)
 
 
-def test_padded_slots_change_nothing():
-  """A spare slot's data never reaches the result, whatever it holds."""
-  k = 3
+@pytest.mark.parametrize(('strategy', 'k'), [('vmap', 9), ('loop', 9), ('map', 3)])
+def test_padded_slots_change_nothing(strategy, k):
+  """A spare slot's data never reaches the result, whatever it holds (vmap and loop run
+  spare slots)."""
   values = client_values(k, seed=2)
-  cm = ClientMap(mesh(1), 'map')
+  cm = ClientMap(mesh(1), strategy)
   placed = np.asarray(cm.place(values))
   valid = np.asarray(cm.valid(k))
   dirty = placed.copy()
@@ -168,24 +169,33 @@ def test_grouped_mean_by_hand():
 
 
 def test_coordinate_median_and_trimmed_mean_by_hand():
-  median = run_reducer(reducers.coordinate_median(), UPDATES, WEIGHTS)
+  ones = np.ones(5, np.float32)
+  median = run_reducer(reducers.coordinate_median(), UPDATES, ones)
   np.testing.assert_array_equal(median, [1.0, 0.5])  # sorted columns: [-1,.5,1,3,5], [-2,0,.5,4,8]
-  even = run_reducer(reducers.coordinate_median(), UPDATES[:4], WEIGHTS[:4])
+  even = run_reducer(reducers.coordinate_median(), UPDATES[:4], ones[:4])
   np.testing.assert_array_equal(even, [2.0, 2.0])  # [-1,1,3,5] -> 2; [-2,0,4,8] -> 2
-  trimmed = run_reducer(reducers.trimmed_mean(0.2), UPDATES, WEIGHTS)  # drop 1 at each end
+  trimmed = run_reducer(reducers.trimmed_mean(0.2), UPDATES, ones)  # drop 1 at each end
   np.testing.assert_allclose(trimmed, [(0.5 + 1 + 3) / 3, (0 + 0.5 + 4) / 3], rtol=1e-6)
-  # One corrupted client moves the mean arbitrarily far, the median not at all here (it
-  # replaces the largest value of each column).
+  # A client of weight 0 is left out: without row 3 the columns are [-1,.5,1,3], [-2,0,.5,8].
+  np.testing.assert_array_equal(
+    run_reducer(reducers.coordinate_median(), UPDATES, WEIGHTS), [0.75, 0.25]
+  )
+  # One corrupted client moves the mean arbitrarily far. Here it replaces [5, 4]: the
+  # median does not move; the trimmed mean of column 1 becomes (0 + 0.5 + 8) / 3.
   bad = UPDATES.copy()
   bad[3] = 1e6
-  np.testing.assert_array_equal(run_reducer(reducers.coordinate_median(), bad, WEIGHTS), median)
-  assert run_reducer(reducers.trimmed_mean(0.2), bad, WEIGHTS)[0] == trimmed[0]
+  np.testing.assert_array_equal(run_reducer(reducers.coordinate_median(), bad, ones), median)
+  np.testing.assert_allclose(
+    run_reducer(reducers.trimmed_mean(0.2), bad, ones), [trimmed[0], 8.5 / 3], rtol=1e-6
+  )
+  assert run_reducer(reducers.weighted_mean(), bad, ones)[0] > 1e5
 
 
 def test_stacked_gives_every_client_in_slot_order():
   values, valid = run_reducer(reducers.stacked(), UPDATES, WEIGHTS)
   layout = cohort_layout(5, 8)
   np.testing.assert_array_equal(np.asarray(values.update)[layout.slots], UPDATES)
+  np.testing.assert_array_equal(np.asarray(values.weight)[layout.slots], WEIGHTS)
   assert int(np.asarray(valid).sum()) == 5
 
 

@@ -147,11 +147,13 @@ def test_local_batches_visit_each_example_once_per_epoch():
   ],
 )
 def test_every_strategy_gives_the_vmap_result(kw):
-  data, mask = random_clients(5, 6, [5, 3, 6, 1, 4], seed=2)
-  ids = np.array([0, 1, 2, 3, 4])
+  """19 ragged clients: leaves of 3 slots (vmapped 3 at a time, or in chunks of 2 + 1)."""
+  sizes = [5, 3, 6, 1, 4, 2, 6, 6, 5, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4]
+  data, mask = random_clients(19, 6, sizes, seed=2)
+  ids = np.arange(19)
   alg = ALGORITHMS['fed_avg'](context())
-  ref, _, m_ref = run_rounds(round_for(alg, 2, num_clients=5, epochs=2), data, mask, ids)
-  got, _, m_got = run_rounds(round_for(alg, 2, num_clients=5, epochs=2, **kw), data, mask, ids)
+  ref, _, m_ref = run_rounds(round_for(alg, 2, num_clients=19, epochs=2), data, mask, ids)
+  got, _, m_got = run_rounds(round_for(alg, 2, num_clients=19, epochs=2, **kw), data, mask, ids)
   np.testing.assert_allclose(got.params['w'], ref.params['w'], rtol=1e-5, atol=1e-6)
   assert float(m_got['train/loss']) == pytest.approx(float(m_ref['train/loss']), rel=1e-5)
 
@@ -162,3 +164,24 @@ def test_non_finite_update_is_flagged():
   server, _, m = run_rounds(round_for(alg, num_clients=2, pad_to=4), data, mask, [0, 1], rounds=1)
   assert not bool(m['finite'])
   assert np.isfinite(float(m['train/loss']))  # the loss was computed before the update
+
+
+def test_dynamic_steps_order_balances_devices_and_keeps_chunks_homogeneous():
+  sizes = np.arange(1, 41) * 10  # 40 clients, sizes 10..400
+  alg = ALGORITHMS['fed_avg'](context())
+  fr = round_for(alg, num_clients=40, strategy='map', chunk_size=2, dynamic_steps=True)
+  order = fr.cohort_order(sizes)
+  assert sorted(order) == list(range(40))
+  slots = fr.slot_ids(np.asarray(order))  # laid out: 8 leaves of 5 slots
+  by_leaf = np.where(slots < 40, sizes[np.minimum(slots, 39)], 0).reshape(8, 5)
+  # Chunks of 2 consecutive slots hold clients of neighbouring sizes (ranks apart by <= 1)...
+  ranks = np.argsort(np.argsort(-sizes))
+  leaf_ranks = np.where(slots < 40, ranks[np.minimum(slots, 39)], -1).reshape(8, 5)
+  assert all(abs(r[0] - r[1]) == 1 and abs(r[2] - r[3]) == 1 for r in leaf_ranks)
+  # ... and any number of devices gets about the same work (sum of sizes).
+  for devices in (2, 4, 8):
+    work = by_leaf.reshape(devices, -1).sum(1)
+    assert work.max() < 1.25 * work.min()
+  # Without dynamic steps the order is the cohort's own.
+  plain = round_for(alg, num_clients=40, strategy='map')
+  np.testing.assert_array_equal(plain.cohort_order(sizes), np.arange(40))

@@ -22,7 +22,7 @@ def test_matches_lax_conv(shape):
     )
     + bias
   )
-  np.testing.assert_allclose(im2col.conv2d_valid(x, kernel, bias), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(im2col.conv2d(x, kernel, bias), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
