@@ -95,11 +95,11 @@ def sgd_reference(config, setup, path: str) -> tuple[list, list[float]]:
   client's training data (fedcomp.core.centralised), with the client optimizer.
   """
   rounds = config.total_rounds
-  key = json.dumps(config.to_dict(), sort_keys=True, default=str)  # what the models depend on
+  config_id = json.dumps(config.to_dict(), sort_keys=True, default=str)  # what the models depend on
   leaves, treedef = jax.tree.flatten(setup.model.params)
   if os.path.exists(path):
     with np.load(path) as f:
-      if 'config' in f and str(f['config']) == key:
+      if 'config' in f and str(f['config']) == config_id:
         per_round = [
           jax.tree.unflatten(treedef, [f[f'r{r}_{i}'] for i in range(len(leaves))])
           for r in range(rounds)
@@ -123,7 +123,7 @@ def sgd_reference(config, setup, path: str) -> tuple[list, list[float]]:
     f'r{r}_{i}': leaf for r, p in enumerate(per_round) for i, leaf in enumerate(jax.tree.leaves(p))
   }
   tmp = path + '.tmp.npz'
-  np.savez(tmp, config=np.asarray(key), accuracy=np.asarray(accuracy), **arrays)
+  np.savez(tmp, config=np.asarray(config_id), accuracy=np.asarray(accuracy), **arrays)
   os.replace(tmp, path)
   return per_round, accuracy
 

@@ -325,9 +325,10 @@ def test_fed_bn_keeps_normalisation_layers_on_the_clients(clients):
 def test_every_aggregator_trains_and_is_bit_identical_on_8_devices(name, clients):
   def run(devices):
     alg = ALGORITHMS['fed_avg'](context(bias=True, aggregator=AGGREGATORS[name]()))
-    return run_rounds(
-      round_for(alg, devices), *clients, IDS, rounds=3, params=linear_params(5, bias=True)
-    )
+    fr = round_for(alg, devices)
+    out = run_rounds(fr, *clients, IDS, rounds=3, params=linear_params(5, bias=True))
+    assert fr.round._cache_size() == 1  # no recompilation after the first round
+    return out
 
   one = run(1)
   alg = ALGORITHMS['fed_avg'](context(bias=True, aggregator=AGGREGATORS[name]()))

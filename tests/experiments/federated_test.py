@@ -237,7 +237,7 @@ def test_fishleg_clients_with_a_shared_data_warm_up(tmp_path):
   """The warm-up trains centrally with the clients' optimizer step, FishLeg's extra
   arguments included (it raised an error after the data had loaded before)."""
   config = small_config(total_rounds=2, client_tx_name='fishleg')
-  config.client_tx = {'learning_rate': 0.05, 'damping': 0.5, 'aux_every': 2}
+  config.client_tx = {'learning_rate': 0.2, 'damping': 0.5, 'aux_every': 2}
   config.shared_data.beta = 0.1
   config.shared_data.warmup_epochs = 2
   summary = federated.run(config, str(tmp_path))
