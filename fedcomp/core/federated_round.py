@@ -111,31 +111,27 @@ class FederatedRound:
     """The order clients take in the layout (which fills leaves in this order).
 
     Without dynamic_steps, the cohort's own order. With it, the clients ranked by size,
-    largest first, cut into groups of one chunk each (similar sizes, so a chunk's while
-    loop stops soon after its own clients), and the groups dealt to the leaves in
-    bit-reversed order (0, 4, 2, 6, 1, ...) and back, so every device, for any device count
-    that divides the width, gets large and small clients alike. A function of the sizes
-    only.
+    largest first, fill the leaves' chunks pass by pass: pass p gives every leaf its p-th
+    chunk (as many clients as that chunk holds, so a chunk's while loop stops soon after
+    its own similar-sized clients), visiting the leaves in bit-reversed order (0, 4, 2, 6,
+    1, ...) and reversing it every pass, so every device, for any device count that divides
+    the width, gets large and small clients alike. A function of the sizes only.
     """
     if not self.dynamic_steps:
       return np.arange(len(sizes))
     k = len(sizes)
     layout = self.client_map.layout(k)
-    width = self.client_map.width
-    room = np.bincount(layout.slots // layout.per_leaf, minlength=width)
-    deal = bit_reversed(width)
-    leaves = [[] for _ in range(width)]
+    room = np.bincount(layout.slots // layout.per_leaf, minlength=self.client_map.width)
+    deal = bit_reversed(self.client_map.width)
     ranked = np.argsort(-np.asarray(sizes), kind='stable')
-    # Serpentine: each pass over the leaves deals in the reverse order of the last, so the
-    # leaf served first (the largest group) is served last on the next pass.
-    order = np.concatenate([deal, deal[::-1]])
-    size, turn = self.chunk(k), 0
-    for start in range(0, k, size):
-      for client in ranked[start : start + size]:
-        while len(leaves[order[turn % (2 * width)]]) >= room[order[turn % (2 * width)]]:
-          turn += 1  # that leaf is full: the rest of the group goes to the next one
-        leaves[order[turn % (2 * width)]].append(client)
-      turn += 1
+    leaves = [[] for _ in deal]
+    chunk, start, p = self.chunk(k), 0, 0
+    while start < k:
+      for leaf in deal if p % 2 == 0 else deal[::-1]:
+        take = min(chunk, room[leaf] - len(leaves[leaf]))
+        leaves[leaf].extend(ranked[start : start + max(take, 0)])
+        start += max(take, 0)
+      p += 1
     return np.concatenate([np.asarray(leaf, np.int64) for leaf in leaves])
 
   def slot_ids(self, ids: np.ndarray) -> np.ndarray:

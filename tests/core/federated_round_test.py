@@ -182,6 +182,16 @@ def test_dynamic_steps_order_balances_devices_and_keeps_chunks_homogeneous():
   for devices in (2, 4, 8):
     work = by_leaf.reshape(devices, -1).sum(1)
     assert work.max() < 1.25 * work.min()
+  # 100 clients on leaves of 13 slots (4 spare) in chunks of 7 (+ 6 or 5): every chunk holds
+  # clients of consecutive ranks, also where a leaf's last chunk is short.
+  sizes100 = np.random.default_rng(0).permutation(100) + 1
+  fr = round_for(alg, num_clients=100, strategy='map', chunk_size=7, dynamic_steps=True)
+  slots = fr.slot_ids(fr.cohort_order(sizes100))
+  rank_of = np.argsort(np.argsort(-sizes100))
+  for leaf in slots.reshape(8, 13):
+    for chunk in (leaf[:7], leaf[7:]):
+      r = np.sort(rank_of[chunk[chunk < 100]])
+      assert len(r) and (np.diff(r) == 1).all(), r
   # Without dynamic steps the order is the cohort's own.
   plain = round_for(alg, num_clients=40, strategy='map')
   np.testing.assert_array_equal(plain.cohort_order(sizes), np.arange(40))
