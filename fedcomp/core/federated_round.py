@@ -128,9 +128,9 @@ class FederatedRound:
     chunk, start, p = self.chunk(k), 0, 0
     while start < k:
       for leaf in deal if p % 2 == 0 else deal[::-1]:
-        take = min(chunk, room[leaf] - len(leaves[leaf]))
-        leaves[leaf].extend(ranked[start : start + max(take, 0)])
-        start += max(take, 0)
+        take = min(chunk, room[leaf] - len(leaves[leaf]))  # >= 0: a leaf never overfills
+        leaves[leaf].extend(ranked[start : start + take])
+        start += take
       p += 1
     return np.concatenate([np.asarray(leaf, np.int64) for leaf in leaves])
 
