@@ -17,6 +17,9 @@ Blocks:
          extra input row: U of shape (m', n_out). Q·U = A ⊙ (LᵀL (A ⊙ U) RᵀR) with
          L (m'×m'), R (n_out×n_out) and an elementwise rescaling A (m'×n_out), i.e.
          Q = D_A (LᵀL ⊗ RᵀR) D_A, as the official FishLinear/FishConv2d layers.
+  kdiag: the kron block with a diagonal input factor: Q·U = A ⊙ (diag(l²) (A ⊙ U) RᵀR),
+         l of length m'. For kernels whose input side is too wide for an m'×m' factor
+         (a dense layer after a flatten): memory m' + n_out² + m'·n_out.
   diag:  Q = diag(d²), d shaped like the leaf.
   full:  Q = LᵀL over the group's flattened parameters.
   block: block-diagonal Q = blockdiag(L_kᵀ L_k) over consecutive chunks of
@@ -120,6 +123,37 @@ def kron_dense(lam: KronFactors, shapes: Shapes) -> jax.Array:
   return a[:, None] * core * a[None, :]
 
 
+# ------------------------------------------------------------------------------ kdiag
+class KronDiagFactors(NamedTuple):
+  l: jax.Array  # (m',) diagonal input-side factor
+  R: jax.Array  # (n, n) output-side factor
+  A: jax.Array  # (m', n) elementwise rescaling
+
+
+def kdiag_init(shapes: Shapes, scale) -> KronDiagFactors:
+  m, n, _ = _kron_dims(shapes)
+  return KronDiagFactors(jnp.ones(m), jnp.eye(n), jnp.full((m, n), jnp.sqrt(scale), jnp.float32))
+
+
+def kdiag_prepare(lam: KronDiagFactors) -> KronGrams:
+  return KronGrams(lam.l**2, lam.R.T @ lam.R, lam.A)
+
+
+def kdiag_apply(cache: KronGrams, vs, shapes: Shapes) -> list[jax.Array]:
+  w = cache.A * _to_matrix(vs, shapes)
+  return _from_matrix(cache.A * ((cache.left[:, None] * w) @ cache.right), shapes)
+
+
+def kdiag_diagonal(lam: KronDiagFactors, shapes: Shapes) -> list[jax.Array]:
+  return _from_matrix(lam.A**2 * jnp.outer(lam.l**2, jnp.sum(lam.R**2, axis=0)), shapes)
+
+
+def kdiag_dense(lam: KronDiagFactors, shapes: Shapes) -> jax.Array:
+  a = lam.A.reshape(-1)
+  core = jnp.kron(jnp.diag(lam.l**2), lam.R.T @ lam.R)
+  return a[:, None] * core * a[None, :]
+
+
 # ------------------------------------------------------------------------------ diag
 def diag_init(shapes: Shapes, scale) -> list[jax.Array]:
   return [jnp.full(s, jnp.sqrt(scale), jnp.float32) for s in shapes]
@@ -220,6 +254,7 @@ class Block(NamedTuple):
 
 BLOCKS = {
   'kron': Block(kron_init, kron_prepare, kron_apply, kron_diagonal, kron_dense, True),
+  'kdiag': Block(kdiag_init, kdiag_prepare, kdiag_apply, kdiag_diagonal, kdiag_dense, True),
   'diag': Block(diag_init, diag_prepare, diag_apply, diag_diagonal, diag_dense, False),
   'full': Block(full_init, full_prepare, full_apply, full_diagonal, full_dense, True),
   'block': Block(block_init, block_prepare, block_apply, block_diagonal, block_dense, True),

@@ -76,6 +76,7 @@ def assign_blocks(
   params: PyTree,
   blocks: Sequence[tuple[str, str]] = (),
   max_factor_size: int = 4096,
+  fallback: str = 'diag',
 ) -> list[Group]:
   """Groups the leaves of `params` into blocks.
 
@@ -87,7 +88,9 @@ def assign_blocks(
       'kron', 'full' or 'block' group takes its sibling 'bias' leaf along unless a
       pair names the bias explicitly.
     max_factor_size: a default 'kron' kernel whose input or output factor would
-      have more rows falls back to 'diag' (explicit pairs are obeyed).
+      have more rows falls back to `fallback` (explicit pairs are obeyed).
+    fallback: 'diag', or 'kdiag' (a diagonal input factor) for kernels whose output
+      factor still fits.
 
   Returns:
     The groups, each leaf in exactly one.
@@ -121,9 +124,9 @@ def assign_blocks(
       kind = 'kron' if is_kernel else 'diag'
       rows = (shapes[i][-1], math.prod(shapes[i][:-1]) + 1) if is_kernel else ()
       if kind == 'kron' and max(rows) > max_factor_size:
-        kind = 'diag'
-    if kind == 'kron' and not is_kernel:
-      raise ConfigError(f'FishLeg block kron needs a rank-2 or rank-4 kernel; {path} is not')
+        kind = fallback if fallback == 'kdiag' and rows[0] <= max_factor_size else 'diag'
+    if kind in ('kron', 'kdiag') and not is_kernel:
+      raise ConfigError(f'FishLeg block {kind} needs a rank-2 or rank-4 kernel; {path} is not')
     members = [i]
     if is_kernel and fishleg_blocks.BLOCKS[kind].takes_bias:
       bias = path[: -len('kernel')] + 'bias'
@@ -204,9 +207,10 @@ def inverse_fisher(
   blocks: Sequence[tuple[str, str]] = (),
   block_size: int = 50,
   max_factor_size: int = 4096,
+  fallback: str = 'diag',
 ) -> InverseFisher:
   """The Q(λ) model for `params` (see assign_blocks for the arguments)."""
-  groups = assign_blocks(params, blocks, max_factor_size)
+  groups = assign_blocks(params, blocks, max_factor_size, fallback)
   leaves, treedef = jax.tree.flatten(params)
   shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
   return InverseFisher(tuple(groups), treedef, shapes, int(block_size))
@@ -269,6 +273,7 @@ def aux_loss_and_grad(
   damping,
   precondition: Callable[[PyTree], PyTree] | None = None,
   cache=None,
+  mask: PyTree | None = None,
 ) -> tuple[jax.Array, Any]:
   """A(λ; u) and its gradient in λ, from one Fisher-vector product.
 
@@ -285,6 +290,9 @@ def aux_loss_and_grad(
     damping: γ.
     precondition: optional map applied to the residual (no gradient flows through it).
     cache: `q.prepare(lam)` if already at hand (the transform's state keeps it).
+    mask: optional params-shaped 0/1 (or bool) gates on u, Q u and F·(Q u): Q then fits
+      the inverse of F_γ restricted to the unmasked coordinates (pruned weights are
+      never fitted; FishLeg Surgeon).
 
   Returns:
     (A(λ; u), the λ-gradient: ∇_λ A, or its preconditioned form).
@@ -293,8 +301,13 @@ def aux_loss_and_grad(
     cache = q.prepare(lam)
   # Q u is linear in the prepared factors: differentiate apply at the cache, then pull
   # back through prepare, whose own outputs (the Gram products) are not recomputed.
-  z, apply_vjp = jax.vjp(lambda c: q.apply(c, u), cache)
-  fz = jax.tree.map(lambda a, b: a + damping * b, fisher_vp(z), z)  # F_γ Q u
+  if mask is None:
+    gate = lambda t: t  # noqa: E731
+  else:
+    gate = lambda t: jax.tree.map(lambda a, m: a * m.astype(a.dtype), t, mask)  # noqa: E731
+  u = gate(u)
+  z, apply_vjp = jax.vjp(lambda c: gate(q.apply(c, u)), cache)
+  fz = gate(jax.tree.map(lambda a, b: a + damping * b, fisher_vp(z), z))  # F_γ Q u
   residual = jax.tree.map(jnp.subtract, fz, u)
   if precondition is not None:
     residual = precondition(residual)
@@ -349,7 +362,9 @@ def scale_by_fishleg(
   Returns:
     An optax.GradientTransformationExtraArgs whose update takes keyword-only
     `nll_fn` ((params, key) -> scalar NLL of model-sampled targets) and `key` on the
-    steps where λ is updated (always pass them; other extra arguments are ignored).
+    steps where λ is updated (always pass them), and optionally `masks` (pruning masks,
+    params-shaped: the aux loss then ignores masked coordinates); other extra arguments
+    are ignored.
   """
   if u_sampling not in U_SAMPLING:
     raise ConfigError(f'u_sampling={u_sampling!r} is unknown; known: {", ".join(U_SAMPLING)}')
@@ -375,7 +390,7 @@ def scale_by_fishleg(
       q_cache=q.prepare(lam),
     )
 
-  def aux_step(state, params, grad_ema, nll_fn, key):
+  def aux_step(state, params, grad_ema, nll_fn, key, masks=None):
     q = structure(params)
     k_u, k_y = jax.random.split(key)
     if u_sampling == 'gradient':
@@ -390,13 +405,13 @@ def scale_by_fishleg(
     fisher_vp = functools.partial(hessian_vector_product, lambda p: nll_fn(p, k_y), params)
     precondition = functools.partial(q.apply, state.q_cache) if precondition_aux else None
     aux_loss, grad_lam = aux_loss_and_grad(
-      q, state.lam, u, fisher_vp, damping, precondition, cache=state.q_cache
+      q, state.lam, u, fisher_vp, damping, precondition, cache=state.q_cache, mask=masks
     )
     step, aux_state = make_aux(aux_learning_rate).update(grad_lam, state.aux_state, state.lam)
     lam = optax.apply_updates(state.lam, step)
     return lam, aux_state, aux_loss.astype(jnp.float32), q.prepare(lam)
 
-  def update_fn(updates, state, params=None, *, nll_fn=None, key=None, **extra):
+  def update_fn(updates, state, params=None, *, nll_fn=None, key=None, masks=None, **extra):
     del extra
     if params is None or nll_fn is None or key is None:
       raise ValueError(
@@ -408,7 +423,7 @@ def scale_by_fishleg(
     )
     lam, aux_state, aux_loss, q_cache = jax.lax.cond(
       state.count % aux_every == 0,
-      lambda: aux_step(state, params, grad_ema, nll_fn, key),
+      lambda: aux_step(state, params, grad_ema, nll_fn, key, masks),
       lambda: (state.lam, state.aux_state, state.aux_loss, state.q_cache),
     )
     out = structure(params).apply(q_cache, updates)

@@ -36,6 +36,7 @@ def random_lam(q, seed=0):
     (),  # kron for the kernels (bias folded in), diag for the scale
     (('dense0/.*', 'full'), ('conv0/.*', 'block'), ('norm/.*', 'diag')),
     (('.*', 'block'),),
+    (('dense0/kernel', 'kdiag'), ('conv0/kernel', 'kdiag')),
   ],
 )
 def test_blocks_matvec_diagonal_dense_agree(blocks):
@@ -61,6 +62,9 @@ def test_default_groups():
   ]
   small = fishleg.assign_blocks(PARAMS, max_factor_size=10)  # conv factor is 3*3*2+1 = 19
   assert ('diag', (1,)) in [(g.kind, g.leaves) for g in small]
+  # kdiag keeps the 4-row output factor of the conv and folds its bias in.
+  small = fishleg.assign_blocks(PARAMS, max_factor_size=10, fallback='kdiag')
+  assert ('kdiag', (1, 0)) in [(g.kind, g.leaves) for g in small]
 
 
 def test_initial_q_is_scaled_identity():
@@ -69,7 +73,7 @@ def test_initial_q_is_scaled_identity():
 
 
 def test_bad_blocks():
-  with pytest.raises(ConfigError, match="FishLeg block 'kfac'.*known: kron, diag, full, block"):
+  with pytest.raises(ConfigError, match="FishLeg block 'kfac'.*known: kron, kdiag, diag, full, block"):
     fishleg.assign_blocks(PARAMS, (('.*', 'kfac'),))
   with pytest.raises(ConfigError, match='kron needs a rank-2 or rank-4 kernel; norm/scale'):
     fishleg.assign_blocks(PARAMS, (('norm/.*', 'kron'),))

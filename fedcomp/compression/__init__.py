@@ -1,0 +1,1 @@
+"""Model compression: pruning (magnitude, OBD, OBS, FishLeg Surgeon) as optax wrappers."""
