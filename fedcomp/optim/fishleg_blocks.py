@@ -125,7 +125,7 @@ def kron_dense(lam: KronFactors, shapes: Shapes) -> jax.Array:
 
 # ------------------------------------------------------------------------------ kdiag
 class KronDiagFactors(NamedTuple):
-  l: jax.Array  # (m',) diagonal input-side factor
+  l: jax.Array  # noqa: E741 (m',) diagonal input-side factor
   R: jax.Array  # (n, n) output-side factor
   A: jax.Array  # (m', n) elementwise rescaling
 

@@ -40,7 +40,9 @@ def test_exact_multi_weight_update_is_the_constrained_least_squares_solution():
   removed = np.zeros(n, bool)
   removed[[1, 4, 6]] = True
   delta = np.asarray(
-    obs_algebra.exact_update(jnp.asarray(np.linalg.inv(f)), jnp.asarray(theta), jnp.asarray(removed))
+    obs_algebra.exact_update(
+      jnp.asarray(np.linalg.inv(f)), jnp.asarray(theta), jnp.asarray(removed)
+    )
   )
   # Reference: minimise ½ δᵀFδ subject to δ_P = −θ_P, by eliminating δ_P (a KKT solve).
   keep = ~removed
@@ -95,7 +97,9 @@ def test_quality_order_on_an_anisotropic_quadratic(sparsity):
   masks = pruning.targets.dense_masks(targets)
 
   def pruned(scores):
-    new = pruning.masks_from_scores(targets, {'w': jnp.asarray(scores.reshape(20, 10))}, masks, sparsity)
+    new = pruning.masks_from_scores(
+      targets, {'w': jnp.asarray(scores.reshape(20, 10))}, masks, sparsity
+    )
     return ~np.asarray(new['w']).ravel()
 
   removed_mag = pruned(np.abs(w_star))
@@ -110,7 +114,9 @@ def test_quality_order_on_an_anisotropic_quadratic(sparsity):
       jnp.diag(fi32),
     ), np.float64,
   )  # fmt: skip
-  exact = np.asarray(obs_algebra.exact_update(jnp.asarray(finv), jnp.asarray(w_star), jnp.asarray(removed_obs)))
+  exact = np.asarray(
+    obs_algebra.exact_update(jnp.asarray(finv), jnp.asarray(w_star), jnp.asarray(removed_obs))
+  )
   zero = loss(np.zeros(d))
   l_mag = loss(np.where(removed_mag, 0, w_star)) / zero
   l_obd = loss(np.where(removed_obd, 0, w_star)) / zero

@@ -29,9 +29,10 @@ def mlp_problem(seed=0):
   y = jax.random.randint(k[3], (64,), 0, 3)
 
   def logits(p, x):
-    return jnp.tanh(x @ p['dense0']['kernel'] + p['dense0']['bias']) @ p['dense1']['kernel'] + p[
-      'dense1'
-    ]['bias']
+    return (
+      jnp.tanh(x @ p['dense0']['kernel'] + p['dense0']['bias']) @ p['dense1']['kernel']
+      + p['dense1']['bias']
+    )
 
   def loss(p):
     return optax.softmax_cross_entropy_with_integer_labels(logits(p, x), y).mean()
@@ -166,7 +167,10 @@ def test_distributions_policy_and_nm():
 @pytest.mark.parametrize(
   'kwargs, match',
   [
-    (dict(scorer='taylor'), "pruning.scorer='taylor' is unknown; known: fishleg, magnitude, obd, obs"),
+    (
+      dict(scorer='taylor'),
+      "pruning.scorer='taylor' is unknown; known: fishleg, magnitude, obd, obs",
+    ),
     (dict(schedule='linear'), "pruning.schedule='linear' is unknown; known: cubic, one_shot"),
     (dict(distribution='random'), "pruning.distribution='random' is unknown"),
     (dict(sparsity=1.0), r'pruning.sparsity=1.0 must be a sparsity in \[0, 1\)'),

@@ -206,7 +206,7 @@ def wrap_optax(
     key = extra.get('key')
     if key is None:
       key = jax.random.fold_in(jax.random.key(0), state.count)
-    k_observe, k_prune = jax.random.split(jax.random.fold_in(key, 0x5eed))
+    k_observe, k_prune = jax.random.split(jax.random.fold_in(key, 0x5EED))
     extras = {k: extra.get(k) for k in EXTRAS}
     scorer_state = scorer.observe(state.scorer_state, params, state.masks, extras, k_observe)
 

@@ -255,7 +255,9 @@ def sparsity_report(targets: Targets, masks: PyTree) -> dict[str, float]:
   """{'sparsity': zeros / prunable size, 'sparsity_all': zeros / all params, per-leaf ...}."""
   out, zeros, prunable_size = {}, 0, 0
   total = sum(math.prod(s) for s in targets.shapes)
-  for path, shape, p, m in zip(targets.paths, targets.shapes, targets.prunable, jax.tree.leaves(masks)):
+  for path, shape, p, m in zip(
+    targets.paths, targets.shapes, targets.prunable, jax.tree.leaves(masks)
+  ):
     if not p:
       continue
     z = int(math.prod(shape) - int(jnp.sum(m)))
