@@ -236,7 +236,7 @@ def test_fishleg_surgeon_matches_exact_obs_when_the_inverse_fisher_is_representa
   pruner = pruning.make_pruner(
     'fishleg', 0.5, policy=[('dense/bias', 0.0)],
     scorer_kwargs=dict(damping=gamma, aux_learning_rate=3e-3, pretrain_steps=10000,
-                       initial_scale=1.0),
+                       initial_scale=1.0, warm_start_probes=0),
   )  # fmt: skip
   targets = pruner.targets(params)
   scorer = pruner.scorer(targets)
@@ -274,7 +274,7 @@ def test_masked_fishleg_fits_the_inverse_of_the_fisher_restricted_to_live_weight
   pruner = pruning.make_pruner(
     'fishleg', 0.5, policy=[('dense/bias', 0.0)],
     scorer_kwargs=dict(damping=gamma, aux_learning_rate=3e-3, pretrain_steps=10000,
-                       initial_scale=1.0),
+                       initial_scale=1.0, warm_start_probes=0),
   )  # fmt: skip
   targets = pruner.targets(params)
   scorer = pruner.scorer(targets)
@@ -291,3 +291,25 @@ def test_masked_fishleg_fits_the_inverse_of_the_fisher_restricted_to_live_weight
   got = _flat(curv[1])[alive]
   np.testing.assert_allclose(got, restricted, rtol=2e-3)
   assert np.abs(full / restricted - 1).max() > 0.02  # the restriction matters here
+
+
+def test_fishleg_warm_start_sets_diag_q_to_the_inverse_damped_fisher_diagonal():
+  """A diagonal Hessian c: Hutchinson's v ⊙ (F v) = c exactly for Rademacher v."""
+  params, *_ = mlp_problem()
+  c = jax.tree.map(lambda p: jnp.linspace(0.0, 3.0, p.size).reshape(p.shape), params)
+
+  def nll_fn(p, key):
+    del key
+    return 0.5 * sum(jnp.sum(ci * pi**2) for ci, pi in zip(jax.tree.leaves(c), jax.tree.leaves(p)))
+
+  gamma = 0.1
+  pruner = pruning.make_pruner(
+    'fishleg', 0.5, scorer_kwargs=dict(damping=gamma, pretrain_steps=0, warm_start_probes=2)
+  )
+  scorer = pruner.scorer(pruner.targets(params))
+  masks = dense_masks(pruner.targets(params))
+  _, (_, diag) = scorer.curvature(
+    scorer.init(params), params, masks, {'nll_fn': nll_fn}, jax.random.key(0)
+  )
+  for d, ci in zip(jax.tree.leaves(diag), jax.tree.leaves(c)):
+    np.testing.assert_allclose(d, 1.0 / (ci + gamma), rtol=1e-5)

@@ -8,6 +8,12 @@ of the Fisher restricted to the weights still alive and never spends capacity on
 ones. The Fisher-vector products are Hessian-vector products of the NLL of model-sampled
 targets (`nll_fn(params, key)` in the extras).
 
+Initialisation: Q₀ = 1/γ · I, or (`warm_start_probes` > 0) the diagonal warm start
+Q₀ = diag(1/(F̂_ii + γ)) of the official code's FishConv2d, with F̂_ii the Hutchinson estimate
+mean_k v_k ⊙ (F v_k) over Rademacher probes v_k (clipped at 0), written into the elementwise
+rescaling A of the Kronecker blocks (and the vector of diagonal blocks); the aux loss then
+learns the off-diagonal structure (L, R) from a Q already on the Fisher's scale.
+
 When: `pretrain_steps` aux steps at the first pruning step (on the dense model), then
 `refine_steps` at each later one (the "progressive assimilation" of the curvature into λ
 instead of re-estimation), plus one aux step every `aux_every` optimizer steps in between
@@ -26,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedcomp.optim import fishleg_blocks
 from fedcomp.optim import fishleg_transform as fl
 from fedcomp.optim.make_tx import check_hyperparameters
 
@@ -51,6 +58,7 @@ def make(
   block_size: int = 50,
   max_factor_size: int = 4096,
   fallback: str = 'kdiag',
+  warm_start_probes: int = 16,
 ):
   """The FishLeg Surgeon scorer.
 
@@ -64,6 +72,7 @@ def make(
     initial_scale: Q₀ = initial_scale · I (None: 1/γ).
     precondition_aux: precondition the aux gradient by Q (the official code's default).
     blocks, block_size, max_factor_size, fallback: Q's structure (fedcomp.optim.fishleg).
+    warm_start_probes: Rademacher probes of the diagonal warm start (0: Q₀ = initial_scale·I).
 
   Returns:
     The Scorer; needs `nll_fn` in the extras. Its curvature is (Q's prepared factors,
@@ -77,7 +86,7 @@ def make(
     'pruning.scorer_kwargs',
   )  # fmt: skip
   for name, v in (('pretrain_steps', pretrain_steps), ('refine_steps', refine_steps),
-                  ('aux_every', aux_every)):  # fmt: skip
+                  ('aux_every', aux_every), ('warm_start_probes', warm_start_probes)):  # fmt: skip
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       from fedcomp.errors import ConfigError
 
@@ -131,8 +140,41 @@ def make(
       lambda: state,
     )
 
+  def warm_start(state, params, masks, nll_fn, key):
+    """λ with diag Q = 1/(F̂_ii + γ) on kron, kdiag and diag blocks (F̂: Hutchinson)."""
+    leaves, treedef = jax.tree.flatten(params)
+
+    def probe(i, acc):
+      k_v, k_y = jax.random.split(jax.random.fold_in(key, i))
+      keys = jax.random.split(k_v, len(leaves))
+      v = jax.tree.unflatten(
+        treedef, [jax.random.rademacher(k, jnp.shape(p), jnp.float32) for k, p in zip(keys, leaves)]
+      )
+      fv = fl.hessian_vector_product(lambda p: nll_fn(p, k_y), params, v)
+      return jax.tree.map(lambda a, x, y: a + x * y, acc, v, fv)
+
+    acc = jax.lax.fori_loop(0, warm_start_probes, probe, jax.tree.map(jnp.zeros_like, params))
+    inv = [1.0 / (jnp.maximum(a / warm_start_probes, 0.0) + damping) for a in jax.tree.leaves(acc)]
+    q = structure(params)
+    lam = list(state.lam)
+    for j, g in enumerate(q.groups):
+      shapes = [q.shapes[i] for i in g.leaves]
+      diag = [inv[i] for i in g.leaves]
+      if g.kind in ('kron', 'kdiag'):
+        lam[j] = lam[j]._replace(A=jnp.sqrt(fishleg_blocks._to_matrix(diag, shapes)))
+      elif g.kind == 'diag':
+        lam[j] = [jnp.sqrt(d) for d in diag]
+    lam = tuple(lam)
+    return state._replace(lam=lam, aux_state=aux_opt.init(lam))
+
   def curvature(state, params, masks, extras, key):
     require(extras, ('nll_fn',), 'fishleg')
+    if warm_start_probes:
+      state = jax.lax.cond(
+        state.pretrained,
+        lambda: state,
+        lambda: warm_start(state, params, masks, extras['nll_fn'], jax.random.fold_in(key, 1)),
+      )
     steps = jnp.where(state.pretrained, refine_steps, pretrain_steps)
     state = run_aux(state, params, masks, extras['nll_fn'], key, steps)
     state = state._replace(pretrained=jnp.ones((), bool))
