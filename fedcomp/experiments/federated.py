@@ -72,6 +72,7 @@ KEYS = (
   'client_tx',
   'server_tx_name',
   'server_tx',
+  'pruning',
 )
 # Keys whose value may change between a run and its resumption.
 RESUMABLE_CHANGES = ('total_rounds', 'eval_every_rounds', 'ckpt_every_rounds', 'log_every_rounds')
@@ -207,9 +208,43 @@ def validate(config: ml_collections.ConfigDict, extra_keys: tuple[str, ...] = ()
     f'algorithm {config.algorithm_name!r}',
   )
   _shared_fractions(config)
+  make_federated_pruner(config)
   n = config.get('train_examples')
   if n is not None and (not isinstance(n, int) or n <= 0):
     raise ConfigError(f'config.train_examples={n!r} must be None (all) or a positive integer')
+
+
+def make_federated_pruner(config):
+  """The Pruner of config.pruning (None when the section is absent or its scorer is None).
+
+  Keys: scorer ('magnitude' or 'fishleg'), sparsity, schedule + schedule_kwargs (counted
+  in rounds from 0), distribution, policy, nm (fedcomp.compression.pruning.make_pruner).
+  """
+  section = config.get('pruning')
+  if not section or section.get('scorer') is None:
+    return None
+  from fedcomp.compression import pruning
+  from fedcomp.compression.pruning import federated as fed_pruning
+
+  check_known_keys(
+    section,
+    ('scorer', 'sparsity', 'schedule', 'schedule_kwargs', 'distribution', 'policy', 'nm'),
+    'config.pruning',
+  )
+  kwargs = {k: v for k, v in section.items() if v is not None}
+  for key in ('schedule_kwargs',):
+    if key in kwargs:
+      kwargs[key] = dict(kwargs[key])
+  pruner = pruning.make_pruner(**kwargs)
+  fed_pruning.check_federated_pruner(pruner)
+  if pruner.scorer_name == 'fishleg' and not (
+    config.client_tx_name == 'fishleg' and config.algorithm.get('keep_client_opt_state')
+  ):
+    raise ConfigError(
+      "config.pruning.scorer='fishleg' uses the clients' FishLeg Q: set "
+      "config.client_tx_name='fishleg' and config.algorithm.keep_client_opt_state=True"
+    )
+  return pruner
 
 
 def make_mesh(num_devices: int | None) -> jax.sharding.Mesh:
@@ -307,6 +342,11 @@ def build(config: ml_collections.ConfigDict, *, task_extra: Mapping | None = Non
   )
   check_task(task, model, fd.train)
   client_optimizer = OptimizerStep(make_tx(config.client_tx_name, config.client_tx, 'client_tx'))
+  pruner = make_federated_pruner(config)
+  if pruner is not None:
+    from fedcomp.compression.pruning import federated as fed_pruning
+
+    client_optimizer = fed_pruning.client_optimizer(client_optimizer, pruner)
   ctx = AlgorithmContext(
     model=model,
     task=task,
@@ -320,6 +360,8 @@ def build(config: ml_collections.ConfigDict, *, task_extra: Mapping | None = Non
     make_algorithm, config.algorithm, 'algorithm', f'algorithm {config.algorithm_name!r}'
   )
   algorithm = make_algorithm(ctx, **alg_kwargs)
+  if pruner is not None:
+    algorithm = fed_pruning.with_pruning(algorithm, pruner, _client_inverse_fisher(config))
   # Abstract evaluation of the client table row: an algorithm's option errors surface here,
   # before anything is compiled.
   jax.eval_shape(algorithm.client_state_init, model.params, model.state)
@@ -386,6 +428,26 @@ def build(config: ml_collections.ConfigDict, *, task_extra: Mapping | None = Non
     shared=shared,
     client_optimizer=client_optimizer,
   )
+
+
+def _client_inverse_fisher(config):
+  """params -> the Q structure of the clients' FishLeg optimizer (its blocks options)."""
+  from fedcomp.optim import fishleg_transform
+
+  opts = {k: config.client_tx.get(k) for k in ('blocks', 'block_size', 'max_factor_size')}
+  opts = {k: v for k, v in opts.items() if v is not None}
+  return lambda params: fishleg_transform.inverse_fisher(params, **opts)
+
+
+def sparsity_of(pruner, params) -> dict[str, float]:
+  """'pruning/sparsity': the share of exact zeros among the prunable weights."""
+  targets = pruner.targets(params)
+  zeros = total = 0
+  for leaf, prunable in zip(jax.tree.leaves(params), targets.prunable):
+    if prunable:
+      zeros += int(jnp.sum(leaf == 0))
+      total += leaf.size
+  return {'pruning/sparsity': zeros / max(total, 1)}
 
 
 def check_task(task, model, arrays: Mapping[str, np.ndarray]) -> None:
@@ -484,6 +546,7 @@ def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
     logging.info('nothing to do: the run already has %d rounds', start)
 
   # --- rounds ----------------------------------------------------------------
+  pruner = make_federated_pruner(config)
   progress = Progress(config.total_rounds, start_round=start)
   final: dict[str, float] = {}
   first_round_sec, train_secs, examples = None, [], 0.0
@@ -500,6 +563,8 @@ def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
           examples += metrics['train/examples']
         if round_metrics is not None:
           metrics.update(round_metrics(r, trainer.global_model(setup, state)[0]))
+        if pruner is not None:
+          metrics.update(sparsity_of(pruner, trainer.global_model(setup, state)[0]))
         if r % config.eval_every_rounds == 0 or r == config.total_rounds:
           metrics.update(trainer.evaluate(setup, state))
         if r % config.log_every_rounds == 0 or r == config.total_rounds or 'eval/loss' in metrics:

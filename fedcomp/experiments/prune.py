@@ -132,21 +132,26 @@ class _Data:
     self.test = {k: v[:n] for k, v in test.items() if k in ('x', 'y')}
     self.loss_fn, self.nll_of = tasks.bind(task, apply)
 
-  def minibatch(self, key, size):
-    idx = jax.random.randint(key, (size,), 0, self.train['x'].shape[0])
-    batch = {k: v[idx] for k, v in self.train.items()}
+  @staticmethod
+  def minibatch(arrays, key, size):
+    """`size` examples drawn uniformly with replacement (arrays are jit arguments: never
+    constants of the program)."""
+    idx = jax.random.randint(key, (size,), 0, arrays['x'].shape[0])
+    batch = {k: v[idx] for k, v in arrays.items()}
     batch['mask'] = jnp.ones(size, bool)
     return batch
 
-  def extras(self, model_state, grad_batch, nll_batch):
+  def extras(self, arrays, model_state, grad_batch, nll_batch):
+    """{'grad_fn', 'nll_fn'} on random minibatches of `arrays` (inside a jitted function)."""
+
     def grad_fn(params, key):
       k_b, k_l = jax.random.split(key)
-      batch = self.minibatch(k_b, grad_batch)
+      batch = self.minibatch(arrays, k_b, grad_batch)
       return jax.grad(lambda p: self.loss_fn(p, model_state, batch, k_l)[0])(params)
 
     def nll_fn(params, key):
       k_b, k_l = jax.random.split(key)
-      return self.nll_of(model_state, self.minibatch(k_b, nll_batch))(params, k_l)
+      return self.nll_of(model_state, self.minibatch(arrays, k_b, nll_batch))(params, k_l)
 
     return {'grad_fn': grad_fn, 'nll_fn': nll_fn}
 
@@ -154,15 +159,15 @@ class _Data:
 def make_train_chunk(data: _Data, tx, batch_size: int, extras_of):
   """jit: `steps` wrapped-optimizer steps on random minibatches (steps static)."""
 
-  def chunk(params, model_state, opt_state, key, steps):
+  def chunk(params, model_state, opt_state, arrays, key, steps):
     def one(carry, k):
       params, model_state, opt_state = carry
       k_b, k_l, k_o = jax.random.split(k, 3)
-      batch = data.minibatch(k_b, batch_size)
+      batch = data.minibatch(arrays, k_b, batch_size)
       grads, (_, model_state) = jax.grad(
         lambda p: data.loss_fn(p, model_state, batch, k_l), has_aux=True
       )(params)
-      extra = extras_of(model_state)
+      extra = extras_of(arrays, model_state)
       nll_fn = data.nll_of(model_state, batch)
       updates, opt_state = tx.update(
         grads, opt_state, params, key=k_o, grad_fn=extra['grad_fn'],
@@ -176,7 +181,7 @@ def make_train_chunk(data: _Data, tx, batch_size: int, extras_of):
     )
     return params, model_state, opt_state
 
-  return jax.jit(chunk, static_argnums=4)
+  return jax.jit(chunk, static_argnums=5)
 
 
 def _dense_model(config, workdir, model, data, task):
@@ -273,7 +278,6 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
   p = config.prune
   policy = _policy(p)
   kwargs = dict(p.scorer_kwargs.get(scorer, {}))
-  extras = data.extras(model_state, p.grad_batch_size, p.nll_batch_size)
   base = pruning.make_pruner(scorer, max(p.sparsities or [0.5]), distribution=p.distribution,
                              policy=policy, scorer_kwargs=kwargs)  # fmt: skip
   targets = base.targets(params)
@@ -282,21 +286,29 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
   key = jax.random.fold_in(jax.random.key(config.seed), 7)
 
   # Pre-training of the curvature on the dense model (FLS's Q; nothing for the others).
+  # Everything a jitted function reads is an argument: closed-over arrays would become
+  # constants that XLA folds (a 1M-element sort at compile time).
+  def curvature(state, params, model_state, arrays):
+    extras = data.extras(arrays, model_state, p.grad_batch_size, p.nll_batch_size)
+    return sc.curvature(state, params, masks0, extras, key)
+
   t = time.perf_counter()
   scorer_state = jax.block_until_ready(
-    jax.jit(lambda s: sc.curvature(s, params, masks0, extras, key)[0])(sc.init(params))
+    jax.jit(curvature)(sc.init(params), params, model_state, data.train)[0]
   )
   state_shape = jax.eval_shape(sc.init, params)
-  curv_shape = jax.eval_shape(lambda s: sc.curvature(s, params, masks0, extras, key)[1],
-                              state_shape)  # fmt: skip
+  curv_shape = jax.eval_shape(curvature, state_shape, params, model_state, data.train)[1]
   record = {
     'state_bytes': _tree_bytes(state_shape),
     'curvature_bytes': _tree_bytes(curv_shape),
     'pretrain_sec': time.perf_counter() - t,
   }
-  prune_fn = jax.jit(
-    lambda state, sparsity, k: pruning.prune(base, params, masks0, state, sparsity, extras, k)
-  )
+
+  @jax.jit
+  def prune_fn(state, params, model_state, arrays, sparsity, k):
+    extras = data.extras(arrays, model_state, p.grad_batch_size, p.nll_batch_size)
+    return pruning.prune(base, params, masks0, state, sparsity, extras, k)
+
   wrapped_ft = pruning.wrap_optax(
     make_tx(p.tx_name, p.tx, 'prune.tx'),
     # Masks fixed: the schedule never fires (and a scorer that needs no extras).
@@ -305,13 +317,20 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
     ),  # fmt: skip
   )
   ft_chunk = make_train_chunk(
-    data, wrapped_ft, p.batch_size, lambda s: {'grad_fn': None, 'nll_fn': None}
+    data, wrapped_ft, p.batch_size, lambda arrays, s: {'grad_fn': None, 'nll_fn': None}
   )
 
   def one_shot(sparsity):
     t = time.perf_counter()
     new_params, masks, _ = jax.block_until_ready(
-      prune_fn(scorer_state, jnp.float32(sparsity), jax.random.fold_in(key, 1))
+      prune_fn(
+        scorer_state,
+        params,
+        model_state,
+        data.train,
+        jnp.float32(sparsity),
+        jax.random.fold_in(key, 1),
+      )  # fmt: skip
     )
     sec = time.perf_counter() - t
     before = evaluate(new_params, model_state, data.test)
@@ -319,7 +338,7 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
            **sparsity_report(targets, masks)}  # fmt: skip
     if p.finetune_steps:
       opt_state = wrapped_ft.init(new_params)._replace(masks=masks)
-      ft_params, ft_state, _ = ft_chunk(new_params, model_state, opt_state,
+      ft_params, ft_state, _ = ft_chunk(new_params, model_state, opt_state, data.train,
                                         jax.random.fold_in(key, 2), p.finetune_steps)  # fmt: skip
       out['finetuned'] = evaluate(ft_params, ft_state, data.test)
       out['masks_respected'] = all(
@@ -339,12 +358,17 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
     )  # fmt: skip
     tx = pruning.wrap_optax(make_tx(p.tx_name, p.tx, 'prune.tx'), pr)
     chunk = make_train_chunk(
-      data, tx, p.batch_size, lambda ms: data.extras(ms, p.grad_batch_size, p.nll_batch_size)
+      data,
+      tx,
+      p.batch_size,
+      lambda arrays, ms: data.extras(arrays, ms, p.grad_batch_size, p.nll_batch_size),
     )
     opt_state = tx.init(params)
     t = time.perf_counter()
     g_params, g_state, opt_state = jax.block_until_ready(
-      chunk(params, model_state, opt_state, jax.random.fold_in(key, 3), p.gradual_steps)
+      chunk(
+        params, model_state, opt_state, data.train, jax.random.fold_in(key, 3), p.gradual_steps
+      )  # fmt: skip
     )
     out = {'scorer': scorer, 'sparsity': target, 'train_sec': time.perf_counter() - t,
            'steps': p.gradual_steps, 'gradual': evaluate(g_params, g_state, data.test),

@@ -26,6 +26,7 @@ References: jaxpruner (Lee et al. 2023, arXiv 2304.14082), `BaseUpdater.wrap_opt
 Kurtic et al. 2022 (oBERT); McGowan et al. 2024 (FishLeg Surgeon, arXiv 2412.02328).
 """
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -215,6 +216,11 @@ def wrap_optax(
       new_params, masks, s_state = prune(
         pruner, params, state.masks, scorer_state, sparsity, extras, k_prune
       )
+      # Inside shard_map the branches' outputs must vary over the same mesh axes as the
+      # state they replace; where(True, new, old) takes old's (and compiles to new).
+      same = functools.partial(jax.tree.map, lambda new, old: jnp.where(True, new, old))
+      masks, s_state = same(masks, state.masks), same(s_state, scorer_state)
+      sparsity = same(sparsity, state.sparsity)
       return jax.tree.map(jnp.subtract, new_params, params), masks, s_state, sparsity
 
     def keep():
