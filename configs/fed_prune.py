@@ -9,7 +9,7 @@ fit the whole inverse) so that only the pruning differs:
                     baseline);
   scorer=fishleg    clients send 1/diag(Q_k) with their update, the server scores with the
                     aggregate and compensates through the clients' Q in the next round.
-Pruning follows a cubic schedule over rounds (updates at rounds 5, 8, ..., 20 by default) to
+Pruning follows a cubic schedule over rounds (updates after rounds 4, 7, 10, 13 by default) to
 `sparsity` of the kernels, one global ranking, first conv and classifier dense; masks travel
 to the clients, whose masked weights stay exactly zero.
 
@@ -20,26 +20,19 @@ to the clients, whose masked weights stay exactly zero.
 
 import ml_collections
 
-from configs import common
+from configs import common, fishleg_fl
 
 
 def get_config(arg=None):
   arg = common.parse_arg(
-    arg, scorer='fishleg', sparsity=0.9, rounds=30, start=5, end=20, every=3,
+    arg, scorer='fishleg', sparsity=0.9, rounds=20, start=3, end=12, every=3,
     train_examples=12000, runlocal=False,
   )  # fmt: skip
-  c = common.fmnist_ten_clients(arg.rounds, arg.train_examples)
-  c.partition_name = 'shards'
-  c.partition.classes_per_client = 2
-  c.eval_every_rounds = 1
-  c.client_tx_name = 'fishleg'
-  c.client_tx.momentum = 0.0
-  c.client_tx.damping = 0.5
-  c.client_tx.aux_learning_rate = 1e-3
-  c.client_tx.aux_every = 5
-  c.client_tx.sgd_learning_rate = 0.05
+  c = fishleg_fl.get_config(
+    f'client=fishleg,keep_state=true,rounds={arg.rounds},train_examples={arg.train_examples}'
+    + (',runlocal' if arg.runlocal else '')
+  )
   c.client_tx.u_sampling = 'gaussian'
-  c.algorithm.keep_client_opt_state = True
   if arg.scorer not in ('none', 'magnitude', 'fishleg'):
     raise ValueError(f"scorer={arg.scorer!r} must be 'none', 'magnitude' or 'fishleg'")
   c.pruning = ml_collections.ConfigDict(
@@ -53,7 +46,5 @@ def get_config(arg=None):
     }
   )
   if arg.runlocal:
-    common.runlocal_fmnist(c)
-    c.total_rounds = 3
-    c.pruning.schedule_kwargs = {'start': 0, 'end': 2, 'every': 1}
+    c.pruning.schedule_kwargs = {'start': 0, 'end': 1, 'every': 1}
   return c

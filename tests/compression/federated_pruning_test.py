@@ -38,7 +38,7 @@ def rounds(config, n):
   setup = federated.build(config)
   state = trainer.initial_state(setup)
   out = [(0, state)]
-  for r, state, _ in trainer.train_rounds(setup, state, 1, n):
+  for r, state, _ in trainer.train_rounds(setup, state, 1, n):  # noqa: B020
     out.append((r, jax.device_get(state)))
   return setup, out
 

@@ -225,6 +225,17 @@ def linear_gaussian_layer(d_in=6, d_out=3, seed=0):
   return params, nll_fn, fisher
 
 
+def exact_fls_scorer(params, gamma):
+  """(targets, FLS scorer) whose 10,000 aux steps reach Q = F_γ⁻¹ of linear_gaussian_layer."""
+  pruner = pruning.make_pruner(
+    'fishleg', 0.5, policy=[('dense/bias', 0.0)],
+    scorer_kwargs=dict(damping=gamma, aux_learning_rate=3e-3, pretrain_steps=10000,
+                       initial_scale=1.0, warm_start_probes=0),
+  )  # fmt: skip
+  targets = pruner.targets(params)
+  return targets, pruner.scorer(targets)
+
+
 def _flat(p):  # the kron block's vec order: kernel rows, then the bias row
   return np.concatenate([np.asarray(p['dense']['kernel']).ravel(), np.asarray(p['dense']['bias'])])
 
@@ -233,13 +244,7 @@ def test_fishleg_surgeon_matches_exact_obs_when_the_inverse_fisher_is_representa
   params, nll_fn, fisher = linear_gaussian_layer()
   gamma = 1e-2
   finv = np.linalg.inv(fisher + gamma * np.eye(len(fisher)))
-  pruner = pruning.make_pruner(
-    'fishleg', 0.5, policy=[('dense/bias', 0.0)],
-    scorer_kwargs=dict(damping=gamma, aux_learning_rate=3e-3, pretrain_steps=10000,
-                       initial_scale=1.0, warm_start_probes=0),
-  )  # fmt: skip
-  targets = pruner.targets(params)
-  scorer = pruner.scorer(targets)
+  targets, scorer = exact_fls_scorer(params, gamma)
   state, curv = jax.jit(
     lambda s, p: scorer.curvature(s, p, dense_masks(targets), {'nll_fn': nll_fn}, jax.random.key(0))
   )(scorer.init(params), params)
@@ -271,13 +276,7 @@ def test_masked_fishleg_fits_the_inverse_of_the_fisher_restricted_to_live_weight
   times an elementwise rescaling, so the masked aux loss can reach it exactly."""
   params, nll_fn, fisher = linear_gaussian_layer(seed=1)
   gamma = 1e-2
-  pruner = pruning.make_pruner(
-    'fishleg', 0.5, policy=[('dense/bias', 0.0)],
-    scorer_kwargs=dict(damping=gamma, aux_learning_rate=3e-3, pretrain_steps=10000,
-                       initial_scale=1.0, warm_start_probes=0),
-  )  # fmt: skip
-  targets = pruner.targets(params)
-  scorer = pruner.scorer(targets)
+  targets, scorer = exact_fls_scorer(params, gamma)
   masks = dense_masks(targets)
   alive = np.ones(21, bool)
   alive[dead] = False

@@ -21,6 +21,8 @@ CONFIG_ARGS = {
   'divergence': ['runlocal'],
   'fishleg_autoencoder': ['runlocal', 'model=cnn,runlocal'],
   'fishleg_fl': ['client=fishleg,runlocal', 'client=fishleg,keep_state=true,runlocal'],
+  'prune': ['runlocal'],
+  'fed_prune': ['scorer=magnitude,runlocal', 'scorer=fishleg,runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 
@@ -40,6 +42,9 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
     assert set(summary['best']) == {'fishleg', 'adam', 'momentum'}
     assert all(np.isfinite(b['final_loss']) for b in summary['best'].values())
     return
+  if config.experiment == 'prune':
+    check_prune_run(config, summary, tmp_path)
+    return
   if config.experiment == 'divergence':
     assert set(summary['partitions']) == {'iid', '1class'}
     assert all(np.isfinite(p['divergence_all']) for p in summary['partitions'].values())
@@ -58,6 +63,37 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
     assert 'eval/personal_accuracy' in summary
   if config.shared_data.beta:
     assert (tmp_path / 'warmup.json').exists()
+  if config.get('pruning') and config.pruning.scorer:
+    kernels = [params['conv1']['kernel'], params['dense0']['kernel']]
+    zeros = sum(int((np.asarray(k) == 0).sum()) for k in kernels)
+    assert abs(zeros / sum(k.size for k in kernels) - config.pruning.sparsity) < 1e-3
+    assert summary['pruning/sparsity'] == pytest.approx(config.pruning.sparsity, abs=1e-3)
+
+
+def check_prune_run(config, summary, tmp_path):
+  """pruning.csv has every run; the saved model loads and has the sparsity it claims."""
+  import csv
+
+  from fedcomp.core.saved_model import load_model
+
+  with open(tmp_path / 'pruning.csv') as f:
+    rows = list(csv.DictReader(f))
+  p = config.prune
+  per_scorer = len(p.sparsities) * (2 if p.finetune_steps else 1) + len(p.gradual_targets)
+  assert len(rows) == len(p.scorers) * per_scorer
+  assert all(0.0 <= float(r['accuracy']) <= 1.0 for r in rows)
+  for name in ('pruning.md', 'accuracy_vs_sparsity.png', 'summary.json'):
+    assert (tmp_path / name).exists()
+  saved = load_model(str(tmp_path))
+  assert saved.meta['scorer'] == p.save
+  dense0 = np.asarray(saved.params['dense0']['kernel'])
+  conv1 = np.asarray(saved.params['conv1']['kernel'])
+  zeros = (dense0 == 0).sum() + (conv1 == 0).sum()
+  assert zeros / (dense0.size + conv1.size) == pytest.approx(max(p.gradual_targets), abs=1e-3)
+  assert not (np.asarray(saved.params['dense1']['kernel']) == 0).any()  # kept dense
+  assert (
+    summary['memory']['fishleg']['state_bytes'] * 4 < summary['memory']['obs']['curvature_bytes']
+  )
 
 
 def test_tfds_source_runs_end_to_end(mock_tfds, tmp_path):

@@ -17,7 +17,7 @@ CONFIGS = sorted(
 )
 CONFIGS.remove('common.py')
 # Configs of federated runs (the optimizers experiment's config has no federated fields).
-FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith('fishleg_autoencoder')]
+FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith(('fishleg_autoencoder', 'prune'))]
 
 
 def parse(*argv):
@@ -50,6 +50,8 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
   )
   if config.experiment == 'optimizers':  # centralised training: steps, not rounds
     assert config.total_steps <= 50
+  elif config.experiment == 'prune':
+    assert config.dense.epochs == 1 and config.prune.gradual_steps <= 50
   else:
     assert config.total_rounds <= 3
 
