@@ -312,3 +312,36 @@ def test_fishleg_warm_start_sets_diag_q_to_the_inverse_damped_fisher_diagonal():
   )
   for d, ci in zip(jax.tree.leaves(diag), jax.tree.leaves(c)):
     np.testing.assert_allclose(d, 1.0 / (ci + gamma), rtol=1e-5)
+
+
+def test_obs_inverse_is_the_woodbury_inverse_of_the_sampled_gradients_and_can_be_kept():
+  """The i-th gradient is grad_fn(params, fold_in(key, i)): F = λI + (1/m) Σ g gᵀ by hand."""
+  params, _, _, grad_fn = mlp_problem()
+  m, lam = 12, 1e-2
+  for recompute in (True, False):
+    pruner = pruning.make_pruner(
+      'obs', 0.5, policy=[('dense1/.*', 0.0)],
+      scorer_kwargs=dict(num_grads=m, block_size=16, damping=lam, recompute=recompute),
+    )  # fmt: skip
+    targets = pruner.targets(params)
+    scorer = pruner.scorer(targets)
+    key = jax.random.key(3)
+    state, curv = scorer.curvature(
+      scorer.init(params), params, dense_masks(targets), {'grad_fn': grad_fn}, key
+    )
+    g = np.stack(
+      [
+        np.asarray(grad_fn(params, jax.random.fold_in(key, i))['dense0']['kernel']).ravel()
+        for i in range(m)
+      ]
+    )
+    for b in range(3):  # 48 weights in blocks of 16
+      gb = g[:, 16 * b : 16 * (b + 1)]
+      ref = np.linalg.inv(lam * np.eye(16) + gb.T @ gb / m)
+      np.testing.assert_allclose(curv[1][b], ref, rtol=2e-3, atol=2e-3 * np.abs(ref).max())
+    # A second pruning step with another key: rebuilt, or the kept first estimate.
+    _, curv2 = scorer.curvature(
+      state, params, dense_masks(targets), {'grad_fn': grad_fn}, jax.random.key(4)
+    )
+    same = np.allclose(curv2[1], curv[1])
+    assert same != recompute

@@ -4,9 +4,10 @@ Each prunable leaf is flattened and cut into blocks of B weights; in every block
 F = λI + (1/m) Σ_k g_k g_kᵀ from m minibatch gradients (pruned coordinates masked) is
 inverted by m Woodbury updates from λ⁻¹I (fedcomp.compression.pruning.obs_algebra). Scores
 ρ = θ²/(2 diag F⁻¹); at a mask change the newly pruned weights are removed with the
-independent OBS update δθ = −F⁻¹(θ ⊙ 1_P / diag F⁻¹). The inverse is rebuilt at every
-pruning step (SparseML's OBSPruningModifier discards it) and kept nowhere between steps.
-Memory: d·B floats for d prunable weights.
+independent OBS update δθ = −F⁻¹(θ ⊙ 1_P / diag F⁻¹). By default the inverse is rebuilt at
+every pruning step from fresh gradients (SparseML's OBSPruningModifier discards it) and kept
+nowhere between steps; with `recompute=False` the first estimate is kept in the scorer's
+state and reused at every later increment. Memory: d·B floats for d prunable weights.
 
 References: Kurtic et al. 2022, "The Optimal BERT Surgeon" (arXiv 2203.07259); SparseML
 OBSPruningModifier (num_grads=1024, fisher_block_size=50, damp=1e-7 there);
@@ -31,7 +32,9 @@ def check_estimate_options(num_grads, damping, block_size: int = 1) -> None:
     raise ConfigError(f'pruning.scorer_kwargs.damping={damping!r} must be a finite number > 0')
 
 
-def make(targets, num_grads: int = 256, block_size: int = 50, damping: float = 1e-5):
+def make(
+  targets, num_grads: int = 256, block_size: int = 50, damping: float = 1e-5, recompute: bool = True
+):
   """The block-OBS scorer.
 
   Args:
@@ -39,6 +42,7 @@ def make(targets, num_grads: int = 256, block_size: int = 50, damping: float = 1
     num_grads: m, minibatch gradients per estimate.
     block_size: B.
     damping: λ.
+    recompute: rebuild the inverse at every pruning step (False: keep the first one).
 
   Returns:
     The Scorer; needs `grad_fn` in the extras. Its curvature is a list with the (k, B, B)
@@ -73,9 +77,25 @@ def make(targets, num_grads: int = 256, block_size: int = 50, damping: float = 1
       g = blocks_of(extras['grad_fn'](params, jax.random.fold_in(key, i)))
       return [obs_algebra.woodbury_add(f, b, num_grads) for f, b in zip(finv, g)]
 
-    finv = jax.lax.fori_loop(0, num_grads, add, finv0)
+    if recompute:
+      finv = jax.lax.fori_loop(0, num_grads, add, finv0)
+    else:  # the first estimate, kept in the state
+      built, kept = state
+      finv = jax.lax.cond(built, lambda: kept, lambda: jax.lax.fori_loop(0, num_grads, add, finv0))
+      state = (jnp.ones((), bool), finv)
     it = iter(finv)
     return state, [next(it) if p else None for p in prunable]
+
+  def init(params):
+    if recompute:
+      return ()
+    sizes = [x.size for x in jax.tree.leaves(params)]
+    blocks = [
+      jnp.zeros((-(-n // block_size), block_size, block_size), jnp.float32)
+      for n, p in zip(sizes, targets.prunable)
+      if p
+    ]
+    return (jnp.zeros((), bool), blocks)
 
   def scores(curv, params):
     def one(f, x):
@@ -110,7 +130,7 @@ def make(targets, num_grads: int = 256, block_size: int = 50, damping: float = 1
 
   return Scorer(
     name='obs',
-    init=lambda params: (),
+    init=init,
     observe=no_observe,
     curvature=curvature,
     scores=scores,
