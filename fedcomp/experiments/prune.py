@@ -313,7 +313,7 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
     make_tx(p.tx_name, p.tx, 'prune.tx'),
     # Masks fixed: the schedule never fires (and a scorer that needs no extras).
     base._replace(
-      scorer_name='magnitude', scorer_kwargs={}, schedule=pruning.schedules.one_shot(step=2**30)
+      scorer_name='magnitude', scorer_kwargs={}, schedule=pruning.schedules.fixed()
     ),  # fmt: skip
   )
   ft_chunk = make_train_chunk(

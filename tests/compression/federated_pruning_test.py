@@ -2,6 +2,7 @@
 curvature-aware FLS aggregation and compensation against hand computations."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -80,7 +81,7 @@ def test_server_magnitude_pruning_follows_the_schedule_and_clients_respect_the_m
     assert np.any(np.asarray(k)[np.asarray(m)] != 0)
 
 
-def test_curvature_aware_pruning_aggregates_client_precisions_and_compensates_with_their_q():
+def test_curvature_aware_pruning_averages_client_diag_q_and_compensates_with_their_q():
   # Learning rate 0: local steps only fit Q, so every change of θ is the pruning's.
   config = small_config('fishleg', lr=0.0)
   setup, states = rounds(config, 2)
@@ -98,23 +99,21 @@ def test_curvature_aware_pruning_aggregates_client_precisions_and_compensates_wi
     ]
     return [jax.tree.map(lambda t, i=i: t[i], found[0].lam) for i in range(len(weights))]
 
-  # Round 1: the server scores θ₀ with the weighted mean of the clients' 1/diag(Q_k).
+  # Round 1: the server scores θ₀ with d̄, the weighted mean of the clients' diag(Q_k)
+  # (read off the dense matrices Q_k here).
   theta0 = setup.initial_params
   lams1 = client_lams(states[1][1].table)
-  diags = [
-    jax.tree.map(lambda d: 1.0 / np.asarray(d, np.float64), q.diagonal(lam)) for lam in lams1
-  ]
-  precision = jax.tree.map(
-    lambda *ds: sum(w * d for w, d in zip(weights, ds)) / weights.sum(), *diags
-  )
+  _, unravel = jax.flatten_util.ravel_pytree(theta0)
+  diags = [np.diag(np.asarray(q.dense(lam), np.float64)) for lam in lams1]
+  dbar = unravel(jnp.asarray(sum(w * d for w, d in zip(weights, diags)) / weights.sum()))
   server1 = states[1][1].server
   removed = jax.tree.map(lambda m: ~np.asarray(m), server1.masks)
   pending = jax.tree.map(
-    lambda t, h, r: np.where(r, np.asarray(t) * h, 0.0), theta0, precision, removed
+    lambda t, d, r: np.where(r, np.asarray(t) / np.asarray(d), 0.0), theta0, dbar, removed
   )
   for got, want in zip(jax.tree.leaves(server1.pending), jax.tree.leaves(pending)):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-7)
-  scores = [np.asarray(t) ** 2 * h for t, h in zip(kernels(theta0), kernels(precision))]
+  scores = [np.asarray(t) ** 2 / np.asarray(d) for t, d in zip(kernels(theta0), kernels(dbar))]
   flat = np.concatenate([s.ravel() for s in scores])
   kept = np.concatenate([np.asarray(m).ravel() for m in kernels(server1.masks)])
   assert kept.sum() == round(0.25 * flat.size)

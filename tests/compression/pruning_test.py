@@ -171,7 +171,10 @@ def test_distributions_policy_and_nm():
       dict(scorer='taylor'),
       "pruning.scorer='taylor' is unknown; known: fishleg, magnitude, obd, obs",
     ),
-    (dict(schedule='linear'), "pruning.schedule='linear' is unknown; known: cubic, one_shot"),
+    (
+      dict(schedule='linear'),
+      "pruning.schedule='linear' is unknown; known: cubic, fixed, one_shot",
+    ),
     (dict(distribution='random'), "pruning.distribution='random' is unknown"),
     (dict(sparsity=1.0), r'pruning.sparsity=1.0 must be a sparsity in \[0, 1\)'),
     (dict(sparsity=-0.1), r'pruning.sparsity=-0.1 must be a sparsity in \[0, 1\)'),
@@ -180,6 +183,10 @@ def test_distributions_policy_and_nm():
     (dict(scorer='obs', scorer_kwargs=dict(block_size=0)), 'block_size=0'),
     (dict(scorer='fishleg', scorer_kwargs=dict(damping=-1.0)), 'damping=-1.0'),
     (dict(scorer='obs', scorer_kwargs=dict(blocks=3)), 'does not take it'),
+    (
+      dict(sparsity=0.3, schedule='cubic', schedule_kwargs=dict(initial=0.6)),
+      'initial=0.6 exceeds pruning.sparsity=0.3',
+    ),
   ],
 )
 def test_bad_options_fail_in_one_line(kwargs, match):
@@ -345,3 +352,15 @@ def test_obs_inverse_is_the_woodbury_inverse_of_the_sampled_gradients_and_can_be
     )
     same = np.allclose(curv2[1], curv[1])
     assert same != recompute
+
+
+def test_new_masks_are_a_subset_of_the_old_ones_whatever_the_scores():
+  params, *_ = mlp_problem()
+  t = pruning.make_pruner('magnitude', 0.5, distribution='global').targets(params)
+  old = dense_masks(t)
+  old['dense0']['kernel'] = jnp.arange(48).reshape(6, 8) % 2 == 0  # half pruned
+  # Pruned weights score highest (or NaN) and the target asks for fewer zeros than there are.
+  scores = jax.tree.map(lambda p: jnp.ones(p.shape), params)
+  scores['dense0']['kernel'] = jnp.where(old['dense0']['kernel'], 0.0, jnp.nan).at[0, 1].set(9.0)
+  new = pruning.masks_from_scores(t, scores, old, 0.1)
+  assert not np.any(np.asarray(new['dense0']['kernel']) & ~np.asarray(old['dense0']['kernel']))

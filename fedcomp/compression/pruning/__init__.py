@@ -47,7 +47,7 @@ from fedcomp.compression.pruning.targets import (
   masks_from_scores,
   sparsity_report,
 )
-from fedcomp.registry import check_kwargs, lookup
+from fedcomp.registry import ConfigError, check_kwargs, lookup
 
 PyTree = Any
 EXTRAS = ('grad_fn', 'nll_fn')
@@ -103,7 +103,7 @@ def make_pruner(
   Args:
     scorer: 'magnitude', 'obd', 'obs' or 'fishleg' (SCORERS).
     sparsity: the final sparsity of the prunable weights, in [0, 1).
-    schedule: 'one_shot' or 'cubic' (SCHEDULES), with `schedule_kwargs`.
+    schedule: 'one_shot', 'cubic' or 'fixed' (SCHEDULES), with `schedule_kwargs`.
     schedule_kwargs: e.g. {'step': 0} or {'start': 0, 'end': 2000, 'every': 200}.
     distribution: 'uniform', 'erk' or 'global'.
     policy: (regex, sparsity) pairs over leaf paths (0 keeps a leaf dense).
@@ -119,9 +119,15 @@ def make_pruner(
     sparsity = 1.0 - nm[0] / nm[1]
   check_target_options(sparsity, distribution, policy, nm)
   make_schedule = lookup(SCHEDULES, schedule, 'pruning.schedule')
-  sched = make_schedule(
-    **check_kwargs(make_schedule, schedule_kwargs or {}, 'pruning.schedule_kwargs', schedule)
+  sched_kwargs = check_kwargs(
+    make_schedule, schedule_kwargs or {}, 'pruning.schedule_kwargs', schedule
   )
+  sched = make_schedule(**sched_kwargs)
+  initial = sched_kwargs.get('initial', 0.0)
+  if initial > sparsity:
+    raise ConfigError(
+      f'pruning.schedule_kwargs.initial={initial} exceeds pruning.sparsity={sparsity}'
+    )
   kwargs = dict(scorer_kwargs or {})
   make_scorer(scorer, None, kwargs)  # name and options, checked now
   return Pruner(
@@ -209,6 +215,15 @@ def wrap_optax(
       key = jax.random.fold_in(jax.random.key(0), state.count)
     k_observe, k_prune = jax.random.split(jax.random.fold_in(key, 0x5EED))
     extras = {k: extra.get(k) for k in EXTRAS}
+    if pruner.schedule.name == 'fixed':  # masks set by the caller: no scoring traced at all
+      masks = state.masks
+      grads = apply_masks(updates, masks) if pruner.sparse_gradients else updates
+      inner_updates, inner_state = inner.update(
+        grads, state.inner_state, params, **{**extra, 'masks': masks}
+      )
+      out = jax.tree.map(lambda u, p, m: jnp.where(m, u, -p), inner_updates, params, masks)
+      count = optax.safe_int32_increment(state.count)
+      return out, state._replace(count=count, inner_state=inner_state)
     scorer_state = scorer.observe(state.scorer_state, params, state.masks, extras, k_observe)
 
     def do_prune():

@@ -8,19 +8,22 @@ FedPer) and whose server state has `params`:
 - on the schedule's rounds (counted in server updates, under `lax.cond`) the server scores
   the new global model and prunes it to the scheduled sparsity:
     'magnitude': |θ| (jaxpruner's FedJAX baseline: magnitude on a schedule over rounds);
-    'fishleg' (client_curvature): every client keeps its FishLeg Q in its row of the
-      per-client table (client_tx 'fishleg' with keep_client_opt_state), sends the
-      precision 1/diag(Q_k) with its update; the server averages them with the update's
-      weights (the global Fisher is the clients' weighted mean, and for diagonal F_k the
-      mean of 1/[F_k⁻¹]_ii is exact), scores ρ = θ²·mean(1/diag Q_k)/2 and keeps
-      v = θ ⊙ 1_P · mean(1/diag Q_k) as the pending compensation;
+    'fishleg': every client keeps its FishLeg Q in its row of the per-client table
+      (client_tx 'fishleg' with keep_client_opt_state) and sends diag(Q_k) with its update;
+      the server averages them with the update's weights into d̄ = diag(Q̄),
+      Q̄ = Σ_k w_k Q_k / Σ_k w_k, scores ρ = θ²/(2d̄) and keeps v = θ ⊙ 1_P / d̄ as the
+      pending compensation, so that the compensation below is OBS's −Q̄v with the same Q̄;
 - masks travel to the clients with the server state: each client's optimizer is wrapped
   (`client_optimizer`) so its masked weights stay exactly zero, its gradients are masked
   and its FishLeg aux loss is gated by the masks (Q never fits pruned weights);
 - compensation: in the round after a pruning step each client starts from
-  θ − Q_k v (masked), so the aggregated update carries −Σ_k w_k Q_k v: OBS's
-  −Q v with the clients' Q averaged by the aggregation weights, without Q ever leaving a
-  client.
+  θ − Q_k v (masked), so the aggregated update carries −Σ_k w_k Q_k v / Σ_k w_k = −Q̄v
+  without Q ever leaving a client. This is exact for FedAvg with the server optimizer
+  sgd(1) (the compensation is part of the pseudo-gradient, so a server learning rate
+  scales it and server momentum repeats it) and when the cohort of the pruning round and of
+  the next one hold the same clients (all clients in every round, as configs/fed_prune.py);
+  a client whose Q was never trained contributes Q = (1/γ)I.
+- the per-client table keeps scalar masks (the masks come from the server each round).
 
 References: jaxpruner (Lee et al. 2023), baselines/fedjax; McGowan et al. 2024 (FishLeg
 Surgeon); Hassibi & Stork 1993 (OBS).
@@ -60,7 +63,18 @@ class PrunedServer(NamedTuple):
 
 class PrunedUpdate(NamedTuple):
   inner: PyTree  # the wrapped algorithm's client update
-  precision: PyTree  # 1/diag(Q_k) (zeros-like () when the scorer needs none)
+  diag_q: PyTree  # diag(Q_k) ('fishleg'; () otherwise)
+
+
+def _scalar_masks(row: PyTree) -> PyTree:
+  """A table row whose optimizer states keep scalar masks (the server sends the masks)."""
+
+  def shrink(x):
+    if isinstance(x, SparseState):
+      return x._replace(masks=jax.tree.map(lambda m: jnp.ones((), bool), x.masks))
+    return x
+
+  return jax.tree.map(shrink, row, is_leaf=lambda x: isinstance(x, SparseState))
 
 
 def check_federated_pruner(pruner: Pruner) -> None:
@@ -73,9 +87,7 @@ def check_federated_pruner(pruner: Pruner) -> None:
 
 def client_optimizer(step: OptimizerStep, pruner: Pruner) -> OptimizerStep:
   """The clients' optimizer with masks that the server sets (the schedule never fires)."""
-  fixed = pruner._replace(
-    scorer_name='magnitude', scorer_kwargs={}, schedule=schedules.one_shot(step=2**30)
-  )
+  fixed = pruner._replace(scorer_name='magnitude', scorer_kwargs={}, schedule=schedules.fixed())
   return OptimizerStep(wrap_optax(step.tx, fixed), post_update=post_update)
 
 
@@ -141,11 +153,11 @@ def with_pruning(
 
   def client_final(server, local, row, num_examples):
     out = alg.client_final(server.inner, local, row, num_examples)
-    precision = ()
+    diag_q = ()
     if curvature:
       q, lam = client_q(local.opt_state, local.params)
-      precision = jax.tree.map(lambda d: 1.0 / jnp.maximum(d, 1e-30), q.diagonal(lam))
-    return out._replace(update=PrunedUpdate(out.update, precision))
+      diag_q = q.diagonal(lam)
+    return out._replace(update=PrunedUpdate(out.update, diag_q), state=_scalar_masks(out.state))
 
   def server_update(server, aggregate):
     inner = alg.server_update(server.inner, aggregate.inner)
@@ -155,15 +167,14 @@ def with_pruning(
     def prune_now():
       sparsity = pruner.schedule.sparsity(server.count, pruner.sparsity)
       if curvature:
-        scores = jax.tree.map(lambda p, h: 0.5 * h * p**2, params, aggregate.precision)
+        d = jax.tree.map(lambda x: jnp.maximum(x, 1e-30), aggregate.diag_q)
+        scores = jax.tree.map(lambda p, x: p**2 / (2.0 * x), params, d)
       else:
         scores = jax.tree.map(jnp.abs, params)
       masks = masks_from_scores(targets, scores, server.masks, sparsity)
       if curvature:
         removed = jax.tree.map(lambda old, new: old & ~new, server.masks, masks)
-        pending = jax.tree.map(
-          lambda p, h, r: jnp.where(r, p * h, 0.0), params, aggregate.precision, removed
-        )
+        pending = jax.tree.map(lambda p, x, r: jnp.where(r, p / x, 0.0), params, d, removed)
       else:
         pending = jax.tree.map(jnp.zeros_like, params)
       return masks, pending, sparsity
@@ -183,7 +194,7 @@ def with_pruning(
 
   return FederatedAlgorithm(
     server_init=server_init,
-    client_state_init=alg.client_state_init,
+    client_state_init=lambda params, state: _scalar_masks(alg.client_state_init(params, state)),
     client_init=client_init,
     client_step=alg.client_step,
     client_final=client_final,

@@ -4,6 +4,9 @@ A schedule maps the optimizer's step count to (is this a mask-update step?, the 
 to reach at it). Both are jnp functions of a traced count, so the wrapper decides under
 `lax.cond` and never recompiles.
 
+- fixed(): never updates the masks (the caller sets them: fine-tuning a pruned model,
+  federated clients following the server's masks); the wrapper then traces no pruning at
+  all (under vmap a `lax.cond` runs both branches).
 - one_shot(step=0): prune to the final sparsity once, at `step`.
 - cubic(start, end, every, initial=0): Zhu & Gupta's gradual schedule, updates at
   t = start, start + every, ... up to end, with
@@ -36,6 +39,13 @@ def _int(value, key: str, low: int) -> int:
   return value
 
 
+def fixed() -> Schedule:
+  """Masks set by the caller, never updated."""
+  return Schedule(
+    'fixed', lambda count: jnp.zeros((), bool), lambda count, final: jnp.float32(final), -1
+  )
+
+
 def one_shot(step: int = 0) -> Schedule:
   """Prune once, at `step`, to the final sparsity."""
   step = _int(step, 'step', 0)
@@ -54,6 +64,7 @@ def cubic(start: int = 0, end: int = 1000, every: int = 100, initial: float = 0.
     raise ConfigError(f'pruning.schedule_kwargs: end={end} must exceed start={start}')
   if not 0.0 <= initial < 1.0:
     raise ConfigError(f'pruning.schedule_kwargs.initial={initial!r} must be in [0, 1)')
+  # (initial <= the final sparsity is checked by make_pruner, which knows both.)
   last = start + (end - start) // every * every
 
   def is_update(count):
@@ -68,4 +79,4 @@ def cubic(start: int = 0, end: int = 1000, every: int = 100, initial: float = 0.
   return Schedule('cubic', is_update, sparsity, last)
 
 
-SCHEDULES = {'one_shot': one_shot, 'cubic': cubic}
+SCHEDULES = {'one_shot': one_shot, 'cubic': cubic, 'fixed': fixed}

@@ -12,8 +12,9 @@ A `Targets` object turns one model-level sparsity s into per-leaf rules:
   - nm=(N, M): instead of a sparsity, keep the N best of every M consecutive fan-in weights
     of each output unit (2:4 for sparse tensor cores); sparsity 1 − N/M.
 
-`masks_from_scores` turns scores (higher = keep) into masks that keep exactly the number
-of weights the targets ask for, never reviving a pruned weight.
+`masks_from_scores` turns scores (higher = keep; NaN counts as lowest) into masks that
+keep exactly the number of weights the targets ask for, never reviving a pruned weight
+(a new mask is always a subset of the old one).
 
 References: Evci et al. 2020, "Rigging the Lottery" (ERK); jaxpruner (Lee et al. 2023,
 arXiv 2304.14082) sparsity distributions; Mishra et al. 2021, "Accelerating Sparse Deep
@@ -131,6 +132,12 @@ def make_targets(
   paths = leaf_paths(params)
   shapes = tuple(tuple(jnp.shape(x)) for x in jax.tree.leaves(params))
   compiled = [(re.compile(rx), float(v)) for rx, v in policy]
+  unused = [rx.pattern for rx, _ in compiled if not any(rx.fullmatch(p) for p in paths)]
+  if unused:
+    raise ConfigError(
+      f'pruning.policy regex {unused[0]!r} matches no parameter; paths: {", ".join(paths[:8])}'
+      + (', ...' if len(paths) > 8 else '')
+    )
   fixed = []
   for path, shape in zip(paths, shapes):
     value = next((v for rx, v in compiled if rx.fullmatch(path)), None)
@@ -204,16 +211,17 @@ def masks_from_scores(targets: Targets, scores: PyTree, masks: PyTree, sparsity)
   mask_leaves = jax.tree.leaves(masks)
   per_leaf = targets.leaf_sparsities(sparsity)
   # Pruned weights can never come back: they rank below every live weight.
+  alive = [jnp.broadcast_to(mk, s.shape) for s, mk in zip(score_leaves, mask_leaves)]
   ranked = [
-    jnp.where(jnp.broadcast_to(mk, s.shape), s.astype(jnp.float32), -jnp.inf)
-    for s, mk in zip(score_leaves, mask_leaves)
+    jnp.where(a & ~jnp.isnan(s), s.astype(jnp.float32), -jnp.inf)
+    for s, a in zip(score_leaves, alive)
   ]
   out = list(mask_leaves)
   if targets.nm is not None:
     n, m = targets.nm
     for i, prunable in enumerate(targets.prunable):
       if prunable:
-        out[i] = _nm_mask(ranked[i], n, m) & jnp.broadcast_to(mask_leaves[i], ranked[i].shape)
+        out[i] = _nm_mask(ranked[i], n, m) & alive[i]
     return jax.tree.unflatten(targets.treedef, out)
   global_idx = []
   for i, (prunable, s) in enumerate(zip(targets.prunable, per_leaf)):
@@ -224,7 +232,7 @@ def masks_from_scores(targets: Targets, scores: PyTree, masks: PyTree, sparsity)
       continue
     size = ranked[i].size
     keep = jnp.round((1.0 - s) * size).astype(jnp.int32)
-    out[i] = _keep_top(ranked[i].ravel(), keep).reshape(ranked[i].shape)
+    out[i] = _keep_top(ranked[i].ravel(), keep).reshape(ranked[i].shape) & alive[i]
   if global_idx:
     flat = jnp.concatenate([ranked[i].ravel() for i in global_idx])
     keep = jnp.round((1.0 - sparsity) * flat.shape[0]).astype(jnp.int32)
@@ -232,7 +240,7 @@ def masks_from_scores(targets: Targets, scores: PyTree, masks: PyTree, sparsity)
     start = 0
     for i in global_idx:
       size = ranked[i].size
-      out[i] = kept[start : start + size].reshape(ranked[i].shape)
+      out[i] = kept[start : start + size].reshape(ranked[i].shape) & alive[i]
       start += size
   return jax.tree.unflatten(targets.treedef, out)
 
