@@ -10,6 +10,7 @@ run from its config.json and returns the global model of its newest checkpoint.
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,13 +60,18 @@ def save_model(workdir: str, params: PyTree, model_state: PyTree, meta: Mapping)
   checkpoint); returns the checkpoint directory."""
   from fedcomp.core.run_dir import write_json_atomic
 
-  ckpt = Checkpointer(os.path.join(workdir, MODEL_DIR), max_to_keep=1)
+  final = os.path.join(os.path.abspath(workdir), MODEL_DIR)
+  tmp = final + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)  # a save a kill interrupted
+  ckpt = Checkpointer(tmp, max_to_keep=1)
   try:
     ckpt.save(0, {'params': params, 'model_state': model_state}, dict(meta))
   finally:
     ckpt.close()
+  shutil.rmtree(final, ignore_errors=True)
+  os.replace(tmp, final)
   write_json_atomic(os.path.join(workdir, MODEL_JSON), dict(meta), indent=2)
-  return ckpt.directory
+  return final
 
 
 def _build(meta: Mapping):
@@ -117,10 +123,12 @@ def _load_federated(workdir: str) -> SavedModel:
   step = rd.latest_round()
   if step is None:
     raise ConfigError(f'{workdir} holds no checkpoint yet')
-  setup = federated.build(config)
-  state = trainer.TrainState(*rd.restore(step, tuple(trainer.initial_state(setup))))
-  params, model_state = trainer.global_model(setup, state)
-  rd.close()
+  try:
+    setup = federated.build(config)
+    state = trainer.TrainState(*rd.restore(step, tuple(trainer.initial_state(setup))))
+    params, model_state = trainer.global_model(setup, state)
+  finally:
+    rd.close()
   meta = describe(
     config.model_name, config.model, setup.data.feature_shape, setup.data.num_classes, config.seed
   )

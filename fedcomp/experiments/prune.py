@@ -185,18 +185,27 @@ def make_train_chunk(data: _Data, tx, batch_size: int, extras_of):
 
 
 def _dense_model(config, workdir, model, data, task):
-  """(params, model_state, meta) of the dense model (loaded, reused or trained)."""
-  if config.init_from is not None:
-    saved = load_model(config.init_from)
-    if jax.tree.structure(saved.params) != jax.tree.structure(model.params):
-      raise ConfigError(
-        f'config.init_from={config.init_from!r} holds a {saved.meta["model_name"]!r} model whose '
-        f'params do not match config.model_name={config.model_name!r}'
-      )
-    return saved.params, saved.model_state
+  """(params, model_state) of the dense model: workdir/dense if there (a rerun), else loaded
+  from `init_from` or trained, then saved in workdir/dense, so every run of the experiment
+  prunes the same model even if `init_from`'s run goes on."""
   dense_dir = os.path.join(workdir, 'dense')
   if os.path.exists(os.path.join(dense_dir, MODEL_JSON)):
     saved = load_model(dense_dir)
+    return saved.params, saved.model_state
+  if config.init_from is not None:
+    saved = load_model(config.init_from)
+    got = [jnp.shape(x) for x in jax.tree.leaves((saved.params, saved.model_state))]
+    want = [jnp.shape(x) for x in jax.tree.leaves((model.params, model.state))]
+    same = jax.tree.structure(saved.params) == jax.tree.structure(model.params) and got == want
+    if not same:
+      raise ConfigError(
+        f'config.init_from={config.init_from!r} holds a {saved.meta["model_name"]!r} model whose '
+        f'params do not match config.model_name={config.model_name!r} with config.model on '
+        'this data'
+      )
+    if saved.meta.get('sparsity'):
+      logging.warning('init_from holds a pruned model (sparsity %s)', saved.meta['sparsity'])
+    save_model(dense_dir, saved.params, saved.model_state, saved.meta)
     return saved.params, saved.model_state
   d = config.dense
   step = OptimizerStep(make_tx(d.tx_name, d.tx, 'dense.tx'))
@@ -426,8 +435,9 @@ def _write_tables(rd, rows, summary) -> None:
   lines.append('---|---|---|---')
   for s, m in summary['memory'].items():
     sec = m['prune_sec_median'] or m['prune_sec_first']
+    sec_text = '' if sec is None else f'{sec:.2f}'
     lines.append(f'{s} | {m["state_bytes"] / 2**20:.2f} | {m["curvature_bytes"] / 2**20:.2f} | '
-                 f'{sec:.2f}' if sec is not None else '')  # fmt: skip
+                 f'{sec_text}')  # fmt: skip
   with open(rd.path('pruning.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
 

@@ -364,3 +364,42 @@ def test_new_masks_are_a_subset_of_the_old_ones_whatever_the_scores():
   scores['dense0']['kernel'] = jnp.where(old['dense0']['kernel'], 0.0, jnp.nan).at[0, 1].set(9.0)
   new = pruning.masks_from_scores(t, scores, old, 0.1)
   assert not np.any(np.asarray(new['dense0']['kernel']) & ~np.asarray(old['dense0']['kernel']))
+
+
+@pytest.mark.parametrize('scorer', ['obs', 'obd'])
+def test_wrapper_prunes_and_compensates_as_the_formulas_say(scorer):
+  """A grad_fn that returns the same g for every key makes the curvature exact:
+  F = λI + g gᵀ in blocks of 20 (the 48 kernel weights pad the last block), OBD's diagonal
+  λ + g². Learning rate 0: the step changes θ by the pruning alone."""
+  params, loss, _, _ = mlp_problem(seed=2)
+  g = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size + 1), p.shape), params)
+  lam = 0.05
+  pruner = pruning.make_pruner(
+    scorer, 0.5, policy=[('dense1/.*', 0.0)],
+    scorer_kwargs=dict(num_grads=4, damping=lam, **({'block_size': 20} if scorer == 'obs' else {})),
+  )  # fmt: skip
+  tx = pruning.wrap_optax(optax.sgd(0.0), pruner)
+  updates, state = tx.update(
+    jax.grad(loss)(params), tx.init(params), params, grad_fn=lambda p, k: g, key=jax.random.key(0)
+  )
+  got = np.asarray(optax.apply_updates(params, updates)['dense0']['kernel']).ravel()
+  theta = np.asarray(params['dense0']['kernel'], np.float64).ravel()
+  gk = np.asarray(g['dense0']['kernel'], np.float64).ravel()
+  if scorer == 'obs':
+    finv = np.zeros((60, 60))
+    gp = np.pad(gk, (0, 12))
+    for b in range(3):
+      s = slice(20 * b, 20 * (b + 1))
+      finv[s, s] = np.linalg.inv(lam * np.eye(20) + np.outer(gp[s], gp[s]))
+    finv = finv[:48, :48]
+    scores = theta**2 / (2 * np.diag(finv))
+  else:
+    scores = 0.5 * (lam + gk**2) * theta**2
+  removed = np.zeros(48, bool)
+  removed[np.argsort(scores)[:24]] = True
+  want = theta.copy()
+  if scorer == 'obs':
+    want -= finv @ np.where(removed, theta / np.diag(finv), 0.0)
+  want[removed] = 0.0
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(state.masks['dense0']['kernel']).ravel(), ~removed)

@@ -18,6 +18,8 @@ def test_save_and_load_round_trip(tmp_path):
   state = jax.tree.map(lambda s: s + 2.0, model.state)  # BatchNorm statistics travel too
   meta = describe('resnet', {'depth': 20}, (8, 8, 1), 3, 1) | {'sparsity': 0.9}
   save_model(str(tmp_path), params, state, meta)
+  save_model(str(tmp_path), model.params, model.state, meta | {'sparsity': 0.5})
+  save_model(str(tmp_path), params, state, meta)  # replaces the model there
   saved = load_model(str(tmp_path))
   assert saved.meta == meta
   for a, b in zip(

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedcomp.errors import ConfigError
 from fedcomp.optim import fishleg_blocks
 from fedcomp.optim import fishleg_transform as fl
 from fedcomp.optim.make_tx import check_hyperparameters
@@ -88,9 +89,11 @@ def make(
   for name, v in (('pretrain_steps', pretrain_steps), ('refine_steps', refine_steps),
                   ('aux_every', aux_every), ('warm_start_probes', warm_start_probes)):  # fmt: skip
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-      from fedcomp.errors import ConfigError
-
       raise ConfigError(f'pruning.scorer_kwargs.{name}={v!r} must be an integer >= 0')
+  if initial_scale is not None:
+    check_hyperparameters({'initial_scale': initial_scale}, 'pruning.scorer_kwargs')
+  if fallback not in ('diag', 'kdiag'):
+    raise ConfigError(f"pruning.scorer_kwargs.fallback={fallback!r} must be 'diag' or 'kdiag'")
   del targets
   aux_opt = optax.adam(aux_learning_rate)
   scale = 1.0 / damping if initial_scale is None else initial_scale
