@@ -111,7 +111,10 @@ def validate(config) -> None:
 
 
 def _policy(p):
-  return tuple((str(rx), float(v)) for rx, v in p.policy)
+  try:
+    return tuple((str(rx), float(v)) for rx, v in p.policy)
+  except (TypeError, ValueError):
+    raise ConfigError(f'config.prune.policy={p.policy!r} must be (regex, sparsity) pairs') from None
 
 
 def _tree_bytes(tree) -> int:
