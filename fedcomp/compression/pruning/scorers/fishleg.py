@@ -59,7 +59,7 @@ def make(
   block_size: int = 50,
   max_factor_size: int = 4096,
   fallback: str = 'kdiag',
-  warm_start_probes: int = 16,
+  warm_start_probes: int = 0,
 ):
   """The FishLeg Surgeon scorer.
 
