@@ -117,6 +117,13 @@ def _policy(p):
     raise ConfigError(f'config.prune.policy={p.policy!r} must be (regex, sparsity) pairs') from None
 
 
+def _achieved(targets, masks) -> dict:
+  """The sparsity reached (overall and per leaf), apart from the target's 'sparsity' key."""
+  report = sparsity_report(targets, masks)
+  report['achieved_sparsity'] = report.pop('sparsity')
+  return report
+
+
 def _tree_bytes(tree) -> int:
   return int(sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
@@ -347,7 +354,7 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
     sec = time.perf_counter() - t
     before = evaluate(new_params, model_state, data.test)
     out = {'scorer': scorer, 'sparsity': sparsity, 'prune_sec': sec, 'one_shot': before,
-           **sparsity_report(targets, masks)}  # fmt: skip
+           **_achieved(targets, masks)}  # fmt: skip
     if p.finetune_steps:
       opt_state = wrapped_ft.init(new_params)._replace(masks=masks)
       ft_params, ft_state, _ = ft_chunk(new_params, model_state, opt_state, data.train,
@@ -384,7 +391,7 @@ def _scorer_runs(config, rd, scorer, data, params, model_state, evaluate, result
     )
     out = {'scorer': scorer, 'sparsity': target, 'train_sec': time.perf_counter() - t,
            'steps': p.gradual_steps, 'gradual': evaluate(g_params, g_state, data.test),
-           **sparsity_report(pr.targets(params), opt_state.masks)}  # fmt: skip
+           **_achieved(pr.targets(params), opt_state.masks)}  # fmt: skip
     logging.info('%s gradual %.2f: accuracy %.4f (%.0f s)', scorer, target,
                  out['gradual']['accuracy'], out['train_sec'])  # fmt: skip
     if scorer == p.save and target == max(p.gradual_targets):
