@@ -76,14 +76,8 @@ def make_chunk_fn(task, apply, step: OptimizerStep, batch_size: int, steps: int)
 
 def fishleg_aux_loss(opt_state) -> float | None:
   """A(λ; u) at the last aux step of the first FishLeg transform in `opt_state`, if any."""
-  found = [
-    s
-    for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, fishleg_transform.ScaleByFishLegState)
-    )
-    if isinstance(s, fishleg_transform.ScaleByFishLegState)
-  ]
-  return float(found[0].aux_loss) if found else None
+  state = fishleg_transform.find_state(opt_state, fishleg_transform.ScaleByFishLegState)
+  return None if state is None else float(state.aux_loss)
 
 
 KEYS = (

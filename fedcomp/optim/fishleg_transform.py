@@ -261,6 +261,14 @@ class ScaleByFishLegState(NamedTuple):
   q_cache: tuple  # InverseFisher.prepare(λ): the Gram factors every step's Q·g uses
 
 
+def find_state(tree: PyTree, cls: type):
+  """The first `cls` instance (a NamedTuple state) inside an optimizer state, or None."""
+  found = [
+    s for s in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)
+  ]
+  return found[0] if found else None
+
+
 def _dot(a: PyTree, b: PyTree) -> jax.Array:
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 

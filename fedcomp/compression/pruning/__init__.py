@@ -260,12 +260,9 @@ def wrap_optax(
 
 def find_sparse_state(opt_state: PyTree) -> SparseState | None:
   """The first SparseState inside an optimizer state (None if there is none)."""
-  found = [
-    s
-    for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, SparseState))
-    if isinstance(s, SparseState)
-  ]
-  return found[0] if found else None
+  from fedcomp.optim.fishleg_transform import find_state
+
+  return find_state(opt_state, SparseState)
 
 
 def post_update(params: PyTree, opt_state: PyTree) -> PyTree:

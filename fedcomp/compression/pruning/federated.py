@@ -92,19 +92,13 @@ def client_optimizer(step: OptimizerStep, pruner: Pruner) -> OptimizerStep:
 
 
 def _fishleg_state(opt_state):
-  found = [
-    s
-    for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, fishleg_transform.ScaleByFishLegState)
-    )
-    if isinstance(s, fishleg_transform.ScaleByFishLegState)
-  ]
-  if not found:
+  state = fishleg_transform.find_state(opt_state, fishleg_transform.ScaleByFishLegState)
+  if state is None:
     raise ConfigError(
       "config.pruning.scorer='fishleg' needs the clients' FishLeg Q: set "
       "config.client_tx_name='fishleg' and config.algorithm.keep_client_opt_state=True"
     )
-  return found[0]
+  return state
 
 
 def with_pruning(
