@@ -561,10 +561,12 @@ def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
         else:
           train_secs.append(dt)
           examples += metrics['train/examples']
-        if round_metrics is not None:
-          metrics.update(round_metrics(r, trainer.global_model(setup, state)[0]))
-        if pruner is not None:
-          metrics.update(sparsity_of(pruner, trainer.global_model(setup, state)[0]))
+        if round_metrics is not None or pruner is not None:
+          global_params = trainer.global_model(setup, state)[0]
+          if round_metrics is not None:
+            metrics.update(round_metrics(r, global_params))
+          if pruner is not None:
+            metrics.update(sparsity_of(pruner, global_params))
         if r % config.eval_every_rounds == 0 or r == config.total_rounds:
           metrics.update(trainer.evaluate(setup, state))
         if r % config.log_every_rounds == 0 or r == config.total_rounds or 'eval/loss' in metrics:
