@@ -7,9 +7,18 @@ The config names the experiment (`config.experiment`); the workdir receives
 everything the run writes, and a run started again on the same workdir resumes
 from its last checkpoint. Bad input ends the program with a one-line message
 (exit status 2) before anything is compiled.
+
+Multi-process (multi-host): run the same command in every process, on a workdir
+they all see. The processes connect through `jax.distributed.initialize()`, either
+from the cluster environment (SLURM under srun, Open MPI, a TPU pod: see
+_is_multi_host_env) or from the three flags
+
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+
+(all three or none; HOST:PORT is process 0's). Process 0 writes the metrics and
+JSON files; every process takes part in checkpoints. See docs/running_at_scale.md.
 """
 
-import logging as py_logging
 import os
 import sys
 
@@ -18,6 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fedcomp.errors import ConfigError, TrainingDivergedError
+from fedcomp.utils import compilation_cache, logs
 from fedcomp.utils.xla_flags import set_default_xla_flags
 
 # Component dicts (config.data, config.model, ...) are free and checked by their callee, so
@@ -27,47 +37,80 @@ _CONFIG = config_flags.DEFINE_config_file(
   'config', None, 'Config file.', lock_config=False, accept_new_attributes=True
 )
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'Multi-process runs: HOST:PORT of process 0 (with --num_processes and --process_id).',
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  'num_processes', None, 'Multi-process runs: the number of processes.'
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  'process_id', None, "Multi-process runs: this process's index, 0..num_processes-1."
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(py_logging.Filter):
-  """Drops INFO records of libraries that narrate every checkpoint write."""
+def _distributed_args() -> dict | None:
+  """The arguments of jax.distributed.initialize, or None for a single-process run.
 
-  def filter(self, record):
-    return record.levelno >= 30 or not any(f'/{lib}/' in record.pathname for lib in _QUIET)
+  Returns:
+    The three flags' values when they are set; {} (the cluster environment's values,
+    auto-detected by JAX) in a multi-process cluster environment; None otherwise.
 
-
-_QUIET = ('orbax', 'tensorstore', 'etils')
-
-
-def _enable_compilation_cache() -> None:
-  """Keeps compiled rounds on disk so re-runs and resumed runs skip compiling.
-
-  JAX_COMPILATION_CACHE_DIR (or jax's own config) wins; the default is
-  ~/.cache/fedcomp/jax. Only programs that took over a second to compile are kept.
+  Raises:
+    ConfigError: only some of the three flags are set, or their values are impossible.
   """
-  if jax.config.jax_compilation_cache_dir:
-    return
-  default = os.path.join(os.path.expanduser('~'), '.cache', 'fedcomp', 'jax')
-  jax.config.update(
-    'jax_compilation_cache_dir', os.environ.get('JAX_COMPILATION_CACHE_DIR', default)
-  )
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  values = {
+    'coordinator_address': _COORDINATOR.value,
+    'num_processes': _NUM_PROCESSES.value,
+    'process_id': _PROCESS_ID.value,
+  }
+  missing = [f'--{k}' for k, v in values.items() if v is None]
+  if len(missing) == len(values):
+    return {} if _is_multi_host_env() else None
+  if missing:
+    raise ConfigError(
+      '--coordinator_address, --num_processes and --process_id go together; missing '
+      + ', '.join(missing)
+    )
+  n, i = values['num_processes'], values['process_id']
+  if n < 1 or not 0 <= i < n:
+    raise ConfigError(f'--process_id={i} must be in [0, --num_processes={n})')
+  if ':' not in values['coordinator_address']:
+    raise ConfigError(f'--coordinator_address={values["coordinator_address"]!r} must be HOST:PORT')
+  return values
+
+
+def _start_processes() -> None:
+  """Connects the processes of a multi-process run (before anything starts the backend).
+
+  On CPU, JAX 0.10.2's cross-process collectives default to gloo
+  (jax_cpu_collectives_implementation), which this needs; GPUs use NCCL and TPUs their
+  interconnect.
+  """
+  try:
+    args = _distributed_args()
+  except ConfigError as e:
+    print(f'fedcomp: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if args is not None:
+    jax.distributed.initialize(**args)
 
 
 def main(argv):
-  set_default_xla_flags()  # before the backend starts (jax.process_count below)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  _enable_compilation_cache()
+  set_default_xla_flags()  # before the backend starts
+  logs.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  # Multi-host: every host runs this same program; jax.distributed connects
-  # them when the cluster environment (e.g. TPU pod, SLURM) is detected.
-  if jax.process_count() == 1 and _is_multi_host_env():
-    jax.distributed.initialize()
+  # Multi-host: every host runs this same program; jax.distributed connects them (from
+  # the flags or the cluster environment) before any JAX call starts the backend.
+  _start_processes()
+  compilation_cache.enable()
   config = _CONFIG.value
   logging.info(
-    'fedcomp: %d process(es), %d local / %d global devices (%s)',
+    'fedcomp: process %d of %d, %d local / %d global devices (%s)',
+    jax.process_index(),
     jax.process_count(),
     jax.local_device_count(),
     jax.device_count(),
@@ -86,8 +129,36 @@ def main(argv):
     sys.exit(1)
 
 
-def _is_multi_host_env() -> bool:
-  return any(k in os.environ for k in ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES'))
+def _more_than_one(environ, name: str) -> bool:
+  """Whether the environment variable `name` holds an integer > 1."""
+  try:
+    return int(environ.get(name, '1')) > 1
+  except ValueError:
+    return False
+
+
+def _is_multi_host_env(environ=os.environ) -> bool:
+  """Whether this process is one of several that JAX can connect from the environment.
+
+  - JAX_COORDINATOR_ADDRESS set (JAX takes the process count and index from the
+    cluster environment);
+  - FEDCOMP_MULTIHOST=1: a TPU VM pod (launch/tpu_pod.sh sets it), where JAX reads
+    everything from the TPU metadata server;
+  - a multi-worker TPU slice on GKE (TPU_WORKER_HOSTNAMES or TPU_PROCESS_ADDRESSES with
+    several hosts);
+  - a SLURM job step of several tasks (srun: SLURM_STEP_NUM_TASKS > 1);
+  - Open MPI with several ranks (OMPI_COMM_WORLD_SIZE > 1).
+
+  A single-task SLURM step or one TPU VM stays a plain single-process run.
+  """
+  hosts = environ.get('TPU_PROCESS_ADDRESSES') or environ.get('TPU_WORKER_HOSTNAMES') or ''
+  return (
+    'JAX_COORDINATOR_ADDRESS' in environ
+    or environ.get('FEDCOMP_MULTIHOST') == '1'
+    or ',' in hosts
+    or ('SLURM_JOB_ID' in environ and _more_than_one(environ, 'SLURM_STEP_NUM_TASKS'))
+    or ('OMPI_MCA_orte_hnp_uri' in environ and _more_than_one(environ, 'OMPI_COMM_WORLD_SIZE'))
+  )
 
 
 if __name__ == '__main__':

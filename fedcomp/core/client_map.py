@@ -51,6 +51,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fedcomp.core import multihost
 from fedcomp.core.reducers import Reducer
 from fedcomp.errors import ConfigError
 
@@ -221,7 +222,9 @@ class ClientMap:
       fill: value of the padded slots.
 
     Returns:
-      The arrays on the mesh, leading axis = layout(K).size, sharded over 'clients'.
+      The arrays on the mesh, leading axis = layout(K).size, sharded over 'clients'
+      (with several processes: every process passes the whole cohort and places its own
+      devices' slots).
     """
     leaves = jax.tree.leaves(cohort)
     k = cohort_size if cohort_size is not None else len(leaves[0])
@@ -233,7 +236,7 @@ class ClientMap:
       out[layout.slots] = a
       return out
 
-    return jax.device_put(jax.tree.map(one, cohort), self.sharded)
+    return multihost.put(jax.tree.map(one, cohort), self.sharded)
 
   def valid(self, cohort_size: int) -> jax.Array:
     """(size,) bool on the mesh: True on the slots of real clients."""

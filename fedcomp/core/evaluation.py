@@ -4,6 +4,11 @@ Results do not depend on the device count: every device evaluates batches of the
 fixed size (XLA:CPU's matmul kernels round differently for different batch sizes), the
 per-example values come back to the host, and the host sums them in float64 in example
 order.
+
+Nor on the process count: with several processes (fedcomp.core.multihost) each process
+puts only its own devices' share of the examples on the mesh, every process receives all
+per-example values (`process_allgather`), and every process sums them in the same order,
+so all processes get the numbers one process would.
 """
 
 from collections.abc import Callable
@@ -14,6 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fedcomp.core import multihost
 from fedcomp.core.client_map import AXIS
 
 PyTree = Any
@@ -71,8 +77,8 @@ def make_evaluator(task, apply: Callable, batch_size: int, mesh: jax.sharding.Me
     }
     mask = (np.arange(steps * step) < n).reshape(steps, step)
     data['mask'] = mask
-    values = sharded(params, model_state, jax.device_put(data, split))
-    return host_means(jax.device_get(values), mask)
+    values = sharded(params, model_state, multihost.put(data, split))
+    return host_means(multihost.fetch(values), mask)
 
   return evaluate
 
@@ -94,7 +100,8 @@ def make_client_evaluator(
 
   Returns:
     evaluate(server_state, rows, data, mask) -> {metric: (K, P) per-example values} as numpy
-    arrays, for rows (K, ...) and padded client data (K, P, ...), mask (K, P).
+    arrays, for rows (K, ...) and padded client data (K, P, ...), mask (K, P) on the mesh;
+    with several processes, every process receives every client's values.
   """
 
   def per_device(server, rows, data, mask):
@@ -111,6 +118,6 @@ def make_client_evaluator(
   )
 
   def evaluate(server, rows, data, mask):
-    return jax.device_get(run(server, rows, data, mask))
+    return multihost.fetch(run(server, rows, data, mask))
 
   return evaluate

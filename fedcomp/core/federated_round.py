@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedcomp.core import multihost
 from fedcomp.core.algorithm import FederatedAlgorithm
 from fedcomp.core.client_map import ClientMap, bit_reversed, varying
 from fedcomp.core.local_steps import run_local_steps
@@ -65,6 +66,7 @@ class FederatedRound:
   ):
     if unroll < 0:
       raise ValueError(f'unroll={unroll} must be >= 0')
+    multihost.check_mesh(client_map.mesh)
     self.algorithm = algorithm
     self.client_map = client_map
     self.num_clients = num_clients
@@ -97,7 +99,7 @@ class FederatedRound:
       lambda a: jnp.array(a, dtype=jnp.asarray(a).dtype), (server, table)
     )
     rep = self.client_map.replicated
-    return jax.device_put(server, rep), jax.device_put(table, rep)
+    return multihost.put(server, rep), multihost.put(table, rep)
 
   def chunk(self, cohort_size: int) -> int:
     """How many clients a device runs at once (one vmap) for a cohort of this size."""
@@ -141,8 +143,29 @@ class FederatedRound:
     out[layout.slots] = ids
     return out
 
+  def local_slots(self, cohort_size: int) -> np.ndarray:
+    """The slots of a cohort's layout that this process's devices own.
+
+    With several processes, a process gathers only these slots' data and passes it to
+    `put`; with one process, every slot.
+
+    Args:
+      cohort_size: K, the clients of the cohort.
+
+    Returns:
+      (n,) int64 sorted slot indices into `slot_ids(ids)`.
+    """
+    size = self.client_map.layout(cohort_size).size
+    return multihost.local_rows(self.client_map.sharded, size)
+
   def put(self, slot_ids: np.ndarray, data: dict, mask: np.ndarray):
     """Transfers a laid-out cohort (see slot_ids), sharded over 'clients'.
+
+    Args:
+      slot_ids: (size,) client id of every slot of the layout (every process passes all).
+      data: name -> (size, pad, ...) arrays of every slot, or, with several processes,
+        of this process's slots only (`local_slots` order): (n, pad, ...).
+      mask: (size, pad) or (n, pad), as `data`.
 
     Returns:
       (slot_ids, data, mask, valid) on the mesh: the arguments of `round` after the state.
@@ -151,7 +174,18 @@ class FederatedRound:
     by_leaf = valid.reshape(self.client_map.width, -1)
     if (by_leaf[:, 1:] & ~by_leaf[:, :-1]).any():
       raise ValueError('a leaf of the layout has a real client after a spare slot')
-    return jax.device_put((slot_ids.astype(np.int32), data, mask, valid), self.client_map.sharded)
+    size, sharded = len(slot_ids), self.client_map.sharded
+    rows = None  # data and mask hold every slot
+    if len(mask) != size:
+      rows = size
+      mine = len(multihost.local_rows(sharded, size))
+      if len(mask) != mine:
+        raise ValueError(
+          f'cohort data has {len(mask)} slots; expected all {size} or the {mine} of this process'
+        )
+    ids, valid = multihost.put((slot_ids.astype(np.int32), valid), sharded)
+    data, mask = multihost.put((data, mask), sharded, rows)
+    return ids, data, mask, valid
 
   def put_cohort(self, ids: np.ndarray, data: dict, mask: np.ndarray):
     """Lays out and transfers a cohort given in cohort order: ids (K,), data (K, pad, ...)."""
@@ -161,7 +195,7 @@ class FederatedRound:
       ({k: np.asarray(v)[order] for k, v in data.items()}, mask[order])
     )
     slots = self.slot_ids(ids)
-    slots, valid = jax.device_put((slots, slots < self.num_clients), self.client_map.sharded)
+    slots, valid = multihost.put((slots, slots < self.num_clients), self.client_map.sharded)
     return slots, data, mask, valid
 
   # ------------------------------------------------------------------ round

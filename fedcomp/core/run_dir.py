@@ -11,6 +11,11 @@
 
 Every JSON file is written to a temporary name and renamed, so a kill at any moment
 leaves either the old or the new file, never a truncated one.
+
+Multi-host (fedcomp.core.multihost): every process opens the same RunDir on a directory
+they all see; only process 0 writes config.json, JSON files, metrics and TensorBoard
+events, while checkpoints are saved and restored by every process (orbax's multi-host
+protocol, fedcomp.utils.checkpoint).
 """
 
 import json
@@ -18,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedcomp.core import multihost
 from fedcomp.errors import ConfigError
 from fedcomp.utils.checkpoint import Checkpointer
 from fedcomp.utils.metric_writers import MetricWriter, read_jsonl
@@ -86,6 +92,7 @@ class RunDir:
     self.resumable = tuple(resumable)
     self.max_to_keep = max_to_keep
     self._ckpt = None
+    self.primary = multihost.is_primary()  # only process 0 writes files
     self._check_config()
 
   @classmethod
@@ -129,7 +136,12 @@ class RunDir:
         )
 
   def record_config(self) -> None:
-    """Writes config.json (atomically; only when absent or changed in resumable keys)."""
+    """Writes config.json (atomically; only when absent or changed in resumable keys).
+
+    Process 0 only (a no-op on the other processes of a multi-process run).
+    """
+    if not self.primary:
+      return
     path = self.path(CONFIG)
     if os.path.exists(path):
       with open(path) as f:
@@ -153,13 +165,16 @@ class RunDir:
     return self.checkpoints.restore(round_, like)[0]
 
   def save(self, round_: int, state: Any) -> None:
-    """Checkpoints `state` (synchronously) as round `round_`."""
+    """Checkpoints `state` (synchronously) as round `round_` (every process calls it)."""
     self.checkpoints.save(round_, state, {'round': round_})
 
   # ---------------------------------------------------------------- outputs
   def metrics(self, resume_after: int | None = None) -> MetricWriter:
-    """A writer of metrics.jsonl and TensorBoard events; rows after `resume_after` dropped."""
-    return MetricWriter(self.workdir, resume_after=resume_after)
+    """A writer of metrics.jsonl and TensorBoard events; rows after `resume_after` dropped.
+
+    On processes other than 0 the writer writes nothing.
+    """
+    return MetricWriter(self.workdir, resume_after=resume_after, enabled=self.primary)
 
   def logged(self) -> list[dict]:
     """The rows of metrics.jsonl."""
@@ -171,7 +186,15 @@ class RunDir:
     return {k: v for k, v in (rows[-1] if rows else {}).items() if not k.startswith('perf/')}
 
   def write_json(self, name: str, obj: Any, **kwargs) -> None:
-    write_json_atomic(self.path(name), obj, **kwargs)
+    """Writes `name` in the workdir atomically (process 0 only).
+
+    Args:
+      name: the file name.
+      obj: the JSON value.
+      **kwargs: json.dump options (indent, sort_keys).
+    """
+    if self.primary:
+      write_json_atomic(self.path(name), obj, **kwargs)
 
   def close(self) -> None:
     if self._ckpt is not None:

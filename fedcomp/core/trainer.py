@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedcomp.core import multihost
 from fedcomp.core.evaluation import host_means
 from fedcomp.core.federated_round import FederatedRound
 from fedcomp.errors import TrainingDivergedError
@@ -73,12 +74,17 @@ def sample_cohort(seed: int, round_: int, num_clients: int, cohort_size: int) ->
 
 
 def cohort(setup: Setup, round_: int):
-  """Round `round_`'s cohort: sampled, laid out, gathered, padded and put on the mesh."""
+  """Round `round_`'s cohort: sampled, laid out, gathered, padded and put on the mesh.
+
+  Every process samples and lays out the whole cohort (ids only) but gathers the data of
+  only the slots its own devices hold (all of them with one process).
+  """
   fr = setup.round
   ids = sample_cohort(setup.seed, round_, setup.data.num_clients, setup.cohort_size)
   ids = ids[fr.cohort_order(setup.data.client_sizes[ids])]
   slots = fr.slot_ids(ids)
-  data, mask = setup.data.gather(slots, fr.pad_to)  # spare slots (id = num_clients) are empty
+  mine = slots[fr.local_slots(len(ids))]
+  data, mask = setup.data.gather(mine, fr.pad_to)  # spare slots (id = num_clients) are empty
   return fr.put(slots, data, mask)
 
 
@@ -125,16 +131,22 @@ def train_rounds(
       nxt = cohort(setup, r + 1)  # host gather overlaps the running round
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     dt = time.perf_counter() - t0
-    finite = metrics.pop('finite')
-    loss = metrics.get('train/loss', 0.0)
-    if not finite or not np.isfinite(loss):
-      what = (
-        f'train/loss is {loss}' if not np.isfinite(loss) else 'the new model has non-finite values'
-      )
-      raise TrainingDivergedError(f'{what} at round {r}')
+    check_finite(metrics, r)
     metrics['perf/round_sec'] = dt
     metrics['perf/examples_per_sec'] = metrics['train/examples'] / dt
     yield r, TrainState(server, table), metrics
+
+
+def check_finite(metrics: dict[str, float], round_: int) -> None:
+  """Pops metrics['finite']; raises TrainingDivergedError if it or train/loss says the
+  round diverged."""
+  finite = metrics.pop('finite')
+  loss = metrics.get('train/loss', 0.0)
+  if not finite or not np.isfinite(loss):
+    what = (
+      f'train/loss is {loss}' if not np.isfinite(loss) else 'the new model has non-finite values'
+    )
+    raise TrainingDivergedError(f'{what} at round {round_}')
 
 
 def global_model(setup: Setup, state: TrainState) -> tuple[PyTree, PyTree]:
@@ -143,6 +155,35 @@ def global_model(setup: Setup, state: TrainState) -> tuple[PyTree, PyTree]:
   if alg.global_model is not None:
     return alg.global_model(state.server, state.table)
   return alg.server_model(state.server)
+
+
+def _local_test_mask(fd, ids: np.ndarray) -> np.ndarray:
+  """(len(ids), max test size) bool: the real rows of the clients' local test splits.
+
+  The mask `fd.gather(ids, fd.max_test_size, 'test')` returns, without gathering the data
+  (ids >= num_clients are padding: all False).
+  """
+  real = ids < fd.num_clients
+  sizes = np.where(real, fd.test_sizes[np.where(real, ids, 0)], 0)
+  return np.arange(fd.max_test_size)[None, :] < sizes[:, None]
+
+
+def _client_chunk(fr: FederatedRound, table: PyTree, fd, ids: np.ndarray):
+  """Table rows, local test data and mask of the clients `ids`, sharded over 'clients'.
+
+  Args:
+    fr: the FederatedRound (its client map's sharding).
+    table: the per-client state table (replicated).
+    fd: the FederatedData.
+    ids: (k,) client ids, k a multiple of the device count; ids >= num_clients pad.
+
+  Returns:
+    (rows, data, mask) on the mesh; this process gathered only its own devices' clients.
+  """
+  sharded = fr.client_map.sharded
+  rows = jax.tree.map(lambda t: jnp.take(t, ids, axis=0, mode='clip'), table)
+  data, mask = fd.gather(ids[multihost.local_rows(sharded, len(ids))], fd.max_test_size, 'test')
+  return multihost.put(rows, sharded), *multihost.put((data, mask), sharded, len(ids))
 
 
 def evaluate(setup: Setup, state: TrainState, clients_per_call: int = 256) -> dict[str, float]:
@@ -168,12 +209,10 @@ def evaluate(setup: Setup, state: TrainState, clients_per_call: int = 256) -> di
   values, masks = {}, []
   for start in range(0, fd.num_clients, k):  # chunks of clients, not one call per client
     ids = np.arange(start, start + k)  # ids >= num_clients: padding (all masked)
-    rows = jax.tree.map(lambda t, i=ids: jnp.take(t, i, axis=0, mode='clip'), state.table)
-    data, mask = fd.gather(ids, fd.max_test_size, 'test')
-    placed = jax.device_put((rows, data, mask), fr.client_map.sharded)
+    placed = _client_chunk(fr, state.table, fd, ids)
     for name, v in setup.evaluate_clients(state.server, *placed).items():
       values.setdefault(name, []).append(v)
-    masks.append(mask)
+    masks.append(_local_test_mask(fd, ids))
   personal = host_means({n: np.concatenate(v) for n, v in values.items()}, np.concatenate(masks))
   out.update({f'eval/personal_{k}': v for k, v in personal.items()})
   if 'accuracy' in local:

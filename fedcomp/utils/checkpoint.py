@@ -5,13 +5,21 @@ next round, so a save must have copied them before the next round starts, and
 a `kill -9` right after `save` returns leaves a complete checkpoint. Orbax
 writes into a temporary directory and renames it when complete; partial
 temporary directories left by a killed run are removed when the manager opens.
+
+Multi-host: every process opens the manager and calls `save` and `restore` (orbax
+synchronises them; each array shard is written once, by the process that holds it, and
+JSON metadata by process 0), on a directory every process sees (a shared file system or
+a bucket). The newest round is process 0's view, broadcast, so that all processes resume
+from the same checkpoint.
 """
 
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
@@ -35,8 +43,13 @@ class Checkpointer:
     )
 
   def latest_round(self) -> int | None:
-    """The newest saved round, or None."""
-    return self._manager.latest_step()
+    """The newest saved round, or None (process 0's answer, on every process)."""
+    step = self._manager.latest_step()
+    if jax.process_count() > 1:  # a collective: every process asks at the same point
+      step = -1 if step is None else step
+      step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+      step = None if step < 0 else step
+    return step
 
   def save(self, round_: int, state: Any, meta: dict) -> None:
     """Writes `state` (a pytree of arrays) and `meta` (JSON) for `round_`."""

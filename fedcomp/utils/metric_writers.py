@@ -1,10 +1,15 @@
-"""Per-round metrics to `metrics.jsonl` (durable, line by line) and TensorBoard event files."""
+"""Per-round metrics to `metrics.jsonl` (durable, line by line) and TensorBoard event files.
+
+In a multi-process run only process 0 writes (every process computes the same metrics).
+"""
 
 import json
 import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
+
+import jax
 
 JSONL_NAME = 'metrics.jsonl'
 TB_DIR = 'tb'
@@ -68,10 +73,17 @@ class MetricWriter:
 
   Use as a context manager or call `close()`. With `resume_after=r`, rows after round r are
   first dropped from metrics.jsonl and TensorBoard is told to discard events after step r.
+  A disabled writer (by default: on every process but process 0 of a multi-process run)
+  touches no file and ignores `write`.
   """
 
   def __init__(
-    self, workdir: str | os.PathLike, *, resume_after: int | None = None, tensorboard: bool = True
+    self,
+    workdir: str | os.PathLike,
+    *,
+    resume_after: int | None = None,
+    tensorboard: bool = True,
+    enabled: bool | None = None,
   ):
     """Opens the writers (appending to an existing metrics.jsonl).
 
@@ -79,13 +91,18 @@ class MetricWriter:
       workdir: the run directory (created if missing).
       resume_after: the round being resumed from, or None for a fresh run.
       tensorboard: also write TensorBoard event files under workdir/tb.
+      enabled: whether this writer writes; None: only on process 0 (jax.process_index()).
     """
     self.workdir = pathlib.Path(workdir)
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._file = None
+    self._tb = None
+    if not self.enabled:
+      return
     self.workdir.mkdir(parents=True, exist_ok=True)
     if resume_after is not None:
       truncate_after(self.workdir, resume_after)
     self._file = open(self.workdir / JSONL_NAME, 'a')  # noqa: SIM115 (closed in close())
-    self._tb = None
     if tensorboard:
       import tensorboardX  # Deferred: ~0.1 s of imports.
 
@@ -100,6 +117,8 @@ class MetricWriter:
       metrics: name (e.g. 'train/loss') -> scalar (python, numpy or jax); stored as float.
     """
     row = {k: _to_float(k, v) for k, v in metrics.items()}
+    if not self.enabled:
+      return
     self._file.write(json.dumps({'round': int(round), **row}) + '\n')
     self._file.flush()
     os.fsync(self._file.fileno())
@@ -110,7 +129,7 @@ class MetricWriter:
 
   def close(self) -> None:
     """Flushes and closes both writers (idempotent)."""
-    if not self._file.closed:
+    if self._file is not None and not self._file.closed:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
