@@ -23,8 +23,19 @@ CONFIG_ARGS = {
   'fishleg_fl': ['client=fishleg,runlocal', 'client=fishleg,keep_state=true,runlocal'],
   'prune': ['runlocal'],
   'fed_prune': ['scorer=magnitude,runlocal', 'scorer=fishleg,runlocal'],
+  'sweep_noniid': ['runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
+# Smoke runs of minutes whose code paths faster tests cover (federated pruning:
+# tests/compression/federated_pruning_test.py; kept FishLeg state: tests/optim; divergence:
+# tests/experiments/divergence_test.py): run them with -m slow.
+SLOW = {
+  ('fishleg_fl', 'client=fishleg,keep_state=true,runlocal'),
+  ('fed_prune', 'scorer=magnitude,runlocal'),
+  ('fed_prune', 'scorer=fishleg,runlocal'),
+  ('divergence', 'runlocal'),
+  ('fmnist_cnn', 'partition=shards,runlocal'),
+}
 
 
 def test_every_config_file_is_covered():
@@ -32,7 +43,14 @@ def test_every_config_file_is_covered():
   assert names - {'__init__', 'common'} == set(CONFIG_ARGS)
 
 
-@pytest.mark.parametrize(('name', 'arg'), [(n, a) for n, args in CONFIG_ARGS.items() for a in args])
+@pytest.mark.parametrize(
+  ('name', 'arg'),
+  [
+    pytest.param(n, a, marks=[pytest.mark.slow] if (n, a) in SLOW else [])
+    for n, args in CONFIG_ARGS.items()
+    for a in args
+  ],
+)
 def test_runlocal_runs_two_rounds(name, arg, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
   if config.data_name == 'idx' and not os.path.exists(config.data.path):

@@ -32,7 +32,14 @@ FIELDS = {
 }
 
 
-@pytest.mark.parametrize('name', BENCH_CONFIGS)
+# Workloads of a minute each on 2 cores whose code paths the others cover: -m slow.
+SLOW_BENCH = ('cohort_scaling', 'many_clients', 'emnist_cnn')
+
+
+@pytest.mark.parametrize(
+  'name',
+  [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_BENCH else []) for n in BENCH_CONFIGS],
+)
 def test_bench_config_runs_and_reports(name, tmp_path):
   config = importlib.import_module(f'configs.bench.{name}').get_config('runlocal,repeats=2')
   config.num_devices = 1
