@@ -27,6 +27,7 @@ def bench_config(workload: str, arg: str | None) -> ml_collections.ConfigDict:
       'peak_matmul_n': 2048,
       'eval_every_rounds': 0,  # 0: no evaluation (timed apart where a workload has it)
       'cases': [],  # [{dotted key: value}, ...]: one benchmark per case
+      'runs': 1,  # > 1: that many runs in one program (configs/bench/sweep.py)
     }
   )
   if arg.runlocal:

@@ -100,8 +100,12 @@ def build(
   """
   check_weighting(weighting)
   local = local or LocalLeaves()
-  if not proximal_mu >= 0:
+  # A traced μ (a sweep's runs axis) was checked as a number in its run's config, and
+  # keeps the term (μ = 0 adds exact zeros).
+  traced = isinstance(proximal_mu, jax.Array)
+  if not traced and not proximal_mu >= 0:
     raise ConfigError(f'config.algorithm.mu={proximal_mu} must be >= 0')
+  has_proximal = traced or proximal_mu != 0
   opt, server_tx = ctx.client_optimizer, ctx.server_tx
 
   def proximal(anchor):
@@ -144,7 +148,7 @@ def build(
       local_state.opt_state,
       batch,
       key,
-      extra_loss=proximal(local_state.anchor) if proximal_mu else None,
+      extra_loss=proximal(local_state.anchor) if has_proximal else None,
     )
     return LocalState(params, model_state, opt_state, local_state.anchor), sums
 

@@ -61,6 +61,7 @@ BENCH_KEYS = (
   'peak_matmul_n',
   'eval_every_rounds',
   'cases',
+  'runs',
 )
 
 
@@ -75,6 +76,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     ('repeats', 1),
     ('eval_every_rounds', 0),
     ('peak_matmul_n', 1),
+    ('runs', 1),
   ):
     if not isinstance(bench[key], int) or bench[key] < least:
       raise ConfigError(f'config.bench.{key}={bench[key]!r} must be an integer >= {least}')
@@ -119,23 +121,22 @@ def run_case(
   check(config)
   bench = config.bench
   os.makedirs(workdir, exist_ok=True)
+  runs = bench.get('runs', 1)
   setup = federated.build(config)
   fd, fr = setup.data, setup.round
   peak = peak_matmul_gflops(bench.peak_matmul_n)
   logging.info('peak float32 matmul: %.1f GFLOP/s', peak)
-
-  def cohort(r):
-    return trainer.cohort(setup, r)
-
-  def key(r):
-    return trainer.round_key(config.seed, r)
-
-  server, table = trainer.initial_state(setup)
+  if runs == 1:
+    cohort = lambda r: (*trainer.cohort(setup, r), trainer.round_key(config.seed, r))
+    step = fr.round
+    server, table = trainer.initial_state(setup)
+  else:
+    cohort, step, (server, table) = _run_group(config, setup, runs)
   r = 0
   t0 = time.perf_counter()
   for _ in range(max(bench.warmup_rounds, 1)):
     r += 1
-    server, table, metrics = fr.round(server, table, *cohort(r), key(r))
+    server, table, metrics = step(server, table, *cohort(r))
     jax.block_until_ready(metrics)
   first_sec = time.perf_counter() - t0
 
@@ -147,15 +148,17 @@ def run_case(
     for i in range(bench.timed_rounds):
       r += 1
       t = time.perf_counter()
-      server, table, metrics = fr.round(server, table, *nxt, key(r))
+      server, table, metrics = step(server, table, *nxt)
       if i + 1 < bench.timed_rounds:
         nxt = cohort(r + 1)  # host gather overlaps the running round
-      count = float(metrics['train/examples'])  # blocks until the round is done
+      count = float(np.sum(metrics['train/examples']))  # blocks until the round is done
       times.append(time.perf_counter() - t)
       examples.append(count)
       if bench.eval_every_rounds and (i + 1) % bench.eval_every_rounds == 0:
         t = time.perf_counter()
         state = trainer.TrainState(server, table)
+        if runs > 1:  # the first run's model
+          state = jax.tree.map(lambda a: a[0], state)
         setup.evaluate(*trainer.global_model(setup, state), fd.global_test)
         eval_secs.append(time.perf_counter() - t)
     round_sec = float(np.median(times))
@@ -166,7 +169,8 @@ def run_case(
       'case': case or {},
       'repeat': repeat,
       'rounds_per_sec': 1.0 / round_sec,
-      'client_updates_per_sec': config.cohort_size / round_sec,
+      'runs': runs,
+      'client_updates_per_sec': runs * config.cohort_size / round_sec,
       'examples_per_sec': examples_per_sec,
       'examples_per_round_median': float(np.median(examples)),
       'round_sec_median': round_sec,
@@ -181,6 +185,7 @@ def run_case(
       'compile_sec': max(first_sec - bench.warmup_rounds * round_sec, 0.0),
       'first_rounds_sec': first_sec,
       'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'peak_rss_mib_per_run': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / runs,
       'device_peak_mib': _device_memory_mib(),
       'strategy': fr.client_map.strategy,
       'unroll': fr.unroll,
@@ -202,3 +207,37 @@ def run_case(
       f.write(line + '\n')
     results.append(result)
   return results
+
+
+def _run_group(config, setup, runs: int):
+  """The bench's workload as `runs` runs in one program (fedcomp.sweep.group).
+
+  Run i has seed config.seed + i and client learning rate × (1 + 0.05 i): both vary
+  inside the program (the traced hyperparameter path of a real sweep).
+
+  Returns:
+    (cohort(r) -> the round's stacked arguments, step(server, table, *args), state).
+  """
+  from fedcomp.sweep import group
+
+  lr = config.client_tx.learning_rate
+  configs = [
+    with_overrides(
+      config, {'seed': config.seed + i, 'client_tx.learning_rate': lr * (1 + 0.05 * i)}
+    )
+    for i in range(runs)
+  ]
+  setups = [setup] + [federated.build(c) for c in configs[1:]]
+  keys = ['client_tx.learning_rate']
+  if len({group.structure(s) for s in setups}) > 1:
+    raise ConfigError(f'config.bench.runs={runs}: the seeds give runs of different shapes')
+  strategy = group.resolve_strategy('auto', setup)
+  gr = group.GroupRound(configs[0], setup, keys, strategy, max(s.round.pad_to for s in setups))
+  hyper = jnp.asarray([[c.client_tx.learning_rate] for c in configs], jnp.float32)
+  states = [trainer.initial_state(s) for s in setups]
+  state = tuple(jax.tree.map(lambda *xs: jnp.stack(xs), *parts) for parts in zip(*states))
+
+  def step(server, table, *args):
+    return gr.round(hyper, server, table, *args)
+
+  return (lambda r: gr.cohorts(setups, r)), step, state

@@ -9,6 +9,7 @@ TensorBoard events, checkpoints/, summary.json (final metrics, no timings) and p
 """
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -341,27 +342,7 @@ def build(config: ml_collections.ConfigDict, *, task_extra: Mapping | None = Non
     config.model_name, config.model, fd.feature_shape, fd.num_classes, config.seed
   )
   check_task(task, model, fd.train)
-  client_optimizer = OptimizerStep(make_tx(config.client_tx_name, config.client_tx, 'client_tx'))
-  pruner = make_federated_pruner(config)
-  if pruner is not None:
-    from fedcomp.compression.pruning import federated as fed_pruning
-
-    client_optimizer = fed_pruning.client_optimizer(client_optimizer, pruner)
-  ctx = AlgorithmContext(
-    model=model,
-    task=task,
-    client_optimizer=client_optimizer,
-    server_tx=make_tx(config.server_tx_name, config.server_tx, 'server_tx'),
-    aggregator=make_aggregator(config.aggregator_name, config.aggregator),
-    cohort_fraction=config.cohort_size / fd.num_clients,
-  )
-  make_algorithm = ALGORITHMS[config.algorithm_name]
-  alg_kwargs = check_kwargs(
-    make_algorithm, config.algorithm, 'algorithm', f'algorithm {config.algorithm_name!r}'
-  )
-  algorithm = make_algorithm(ctx, **alg_kwargs)
-  if pruner is not None:
-    algorithm = fed_pruning.with_pruning(algorithm, pruner, _client_inverse_fisher(config))
+  algorithm, client_optimizer = build_algorithm(config, model, task, fd.num_clients)
   # Abstract evaluation of the client table row: an algorithm's option errors surface here,
   # before anything is compiled.
   jax.eval_shape(algorithm.client_state_init, model.params, model.state)
@@ -428,6 +409,65 @@ def build(config: ml_collections.ConfigDict, *, task_extra: Mapping | None = Non
     shared=shared,
     client_optimizer=client_optimizer,
   )
+
+
+def build_algorithm(
+  config: ml_collections.ConfigDict,
+  model,
+  task,
+  num_clients: int,
+  hyper: Mapping[str, Any] | None = None,
+):
+  """The federated algorithm and the client optimizer of a config.
+
+  Args:
+    config: a validated federated config.
+    model: the BuiltModel.
+    task: the Task.
+    num_clients: clients in the partition (the cohort fraction's denominator).
+    hyper: dotted keys of numeric hyperparameters ('client_tx.learning_rate',
+      'server_tx.learning_rate', 'algorithm.mu', ...) -> values that replace the config's,
+      typically traced scalars of a sweep's runs axis (fedcomp.sweep); they were checked
+      as numbers in each run's own config.
+
+  Returns:
+    (algorithm, client OptimizerStep).
+  """
+  section = functools.partial(_section_with, config, hyper or {})
+  client_optimizer = OptimizerStep(
+    make_tx(config.client_tx_name, section('client_tx'), 'client_tx')
+  )
+  pruner = make_federated_pruner(config)
+  if pruner is not None:
+    from fedcomp.compression.pruning import federated as fed_pruning
+
+    client_optimizer = fed_pruning.client_optimizer(client_optimizer, pruner)
+  ctx = AlgorithmContext(
+    model=model,
+    task=task,
+    client_optimizer=client_optimizer,
+    server_tx=make_tx(config.server_tx_name, section('server_tx'), 'server_tx'),
+    aggregator=make_aggregator(config.aggregator_name, config.aggregator),
+    cohort_fraction=config.cohort_size / num_clients,
+  )
+  make_algorithm = ALGORITHMS[config.algorithm_name]
+  alg_kwargs = check_kwargs(
+    make_algorithm, section('algorithm'), 'algorithm', f'algorithm {config.algorithm_name!r}'
+  )
+  algorithm = make_algorithm(ctx, **alg_kwargs)
+  if pruner is not None:
+    algorithm = fed_pruning.with_pruning(algorithm, pruner, _client_inverse_fisher(config))
+  return algorithm, client_optimizer
+
+
+def _section_with(config, hyper: Mapping[str, Any], name: str) -> dict[str, Any]:
+  """config[name] as a dict, with the `hyper` values whose key is under `name`."""
+  out = dict(config[name])
+  for key, value in hyper.items():
+    head, _, leaf = key.partition('.')
+    if head == name:
+      out[leaf] = value
+  return out
 
 
 def _client_inverse_fisher(config):
@@ -519,10 +559,39 @@ def run(
 def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
   t_start = time.perf_counter()
   setup = setup if setup is not None else build(config)
+  start, state = resume(config, rd, setup)
+  return train_logged(config, rd, setup, start, state, round_metrics, t_start)
+
+
+def train_logged(
+  config, rd: RunDir, setup: Built, start: int, state, round_metrics=None, t_start=None
+) -> dict[str, float]:
+  """Rounds start+1..total_rounds with their metrics, evaluations and checkpoints (RoundLog).
+
+  Returns:
+    The final metrics (summary.json). A diverged run raises TrainingDivergedError naming
+    the last good checkpoint.
+  """
+  t_start = time.perf_counter() if t_start is None else t_start
+  log = RoundLog(config, rd, setup, start, round_metrics)
+  try:
+    rounds = trainer.train_rounds(setup, state, start + 1, config.total_rounds)
+    for r, new_state, metrics in rounds:
+      log.record(r, metrics, lambda s=new_state: s)
+  except TrainingDivergedError as e:
+    raise log.diverged(e) from None
+  finally:
+    log.close()
+  return log.finish(time.perf_counter() - t_start)
+
+
+def resume(config, rd: RunDir, setup: Built) -> tuple[int, trainer.TrainState]:
+  """Records the config and returns (rounds done, state): fresh, or the newest checkpoint's.
+
+  A fresh run with shared data starts from the warm-up model (warmup.json).
+  """
   rd.record_config()  # only now: a config that fails the data-dependent checks locks nothing
   rd.write_json('data_stats.json', setup.data_stats)
-
-  # --- state: fresh or resumed ---------------------------------------------
   start = rd.latest_round() or 0
   if start > config.total_rounds:
     raise ConfigError(
@@ -544,63 +613,95 @@ def _run(config, rd: RunDir, setup, round_metrics) -> dict[str, float]:
     logging.info('resumed from the checkpoint of round %d', start)
   if start == config.total_rounds:
     logging.info('nothing to do: the run already has %d rounds', start)
+  return start, state
 
-  # --- rounds ----------------------------------------------------------------
-  pruner = make_federated_pruner(config)
-  progress = Progress(config.total_rounds, start_round=start)
-  final: dict[str, float] = {}
-  first_round_sec, train_secs, examples = None, [], 0.0
-  # Rows a killed run logged after its last checkpoint are dropped and redone.
-  with rd.metrics(resume_after=start) as writer:
-    try:
-      rounds = trainer.train_rounds(setup, state, start + 1, config.total_rounds)
-      for r, state, metrics in rounds:  # noqa: B020 (each round's state replaces the last)
-        dt = metrics['perf/round_sec']
-        if first_round_sec is None:
-          first_round_sec = dt
-        else:
-          train_secs.append(dt)
-          examples += metrics['train/examples']
-        if round_metrics is not None or pruner is not None:
-          global_params = trainer.global_model(setup, state)[0]
-          if round_metrics is not None:
-            metrics.update(round_metrics(r, global_params))
-          if pruner is not None:
-            metrics.update(sparsity_of(pruner, global_params))
-        if r % config.eval_every_rounds == 0 or r == config.total_rounds:
-          metrics.update(trainer.evaluate(setup, state))
-        if r % config.log_every_rounds == 0 or r == config.total_rounds or 'eval/loss' in metrics:
-          writer.write(r, metrics)
-          logging.info(progress.line(r, metrics))
-        if r % config.ckpt_every_rounds == 0 or r == config.total_rounds:
-          rd.save(r, tuple(state))
-        final = {'round': r, **{k: v for k, v in metrics.items() if not k.startswith('perf/')}}
-    except TrainingDivergedError as e:
-      kept = rd.latest_round()
-      raise TrainingDivergedError(
-        f'{e}; stopped, the last good checkpoint (round {kept or "none"}) is kept in '
-        f'{rd.checkpoints.directory}'
-      ) from None
 
-  # --- summary ---------------------------------------------------------------
-  if not final:  # resumed a finished run: report its last logged metrics
-    final = rd.last_logged()
-  rd.write_json('summary.json', final, indent=2, sort_keys=True)
-  fr = setup.round
-  perf = {
-    'wall_sec': time.perf_counter() - t_start,
-    'first_round_sec': first_round_sec,
-    'median_round_sec': float(np.median(train_secs)) if train_secs else None,
-    'examples_per_sec': examples / sum(train_secs) if train_secs else None,
-    'devices': int(fr.mesh.devices.size),
-    'client_strategy': fr.client_map.strategy,
-    'local_steps_unroll': fr.unroll,
-  }
-  rd.write_json('perf.json', perf, indent=2)
-  logging.info(
-    'done: round %d, eval/accuracy %.4f, wall %.1f s',
-    final.get('round', 0),
-    final.get('eval/accuracy', float('nan')),
-    perf['wall_sec'],
-  )
-  return final
+class RoundLog:
+  """What a federated run writes as its rounds come: metrics, evaluations, checkpoints.
+
+  Rows a killed run logged after its last checkpoint are dropped and redone; `finish`
+  writes summary.json and perf.json.
+
+  Args:
+    config: the run's config (rounds, eval/log/checkpoint intervals, pruning).
+    rd: its RunDir.
+    setup: its Built setup (evaluation, global model).
+    start: rounds already done (a resumed run).
+    round_metrics: optional (round, global params) -> extra metrics logged every round.
+  """
+
+  def __init__(self, config, rd: RunDir, setup: Built, start: int, round_metrics=None):
+    self.config, self.rd, self.setup, self.round_metrics = config, rd, setup, round_metrics
+    self.pruner = make_federated_pruner(config)
+    self.progress = Progress(config.total_rounds, start_round=start)
+    self.writer = rd.metrics(resume_after=start)
+    self.final: dict[str, float] = {}
+    self.first_round_sec, self.train_secs, self.examples = None, [], 0.0
+
+  def record(self, r: int, metrics: dict, state_of: Callable[[], trainer.TrainState]) -> None:
+    """Logs round r's metrics, evaluates and checkpoints when due.
+
+    Args:
+      r: the round just run.
+      metrics: its training metrics (trainer.train_rounds).
+      state_of: () -> the state after round r (called only when something needs it).
+    """
+    config, setup = self.config, self.setup
+    dt = metrics['perf/round_sec']
+    if self.first_round_sec is None:
+      self.first_round_sec = dt
+    else:
+      self.train_secs.append(dt)
+      self.examples += metrics['train/examples']
+    last = r == config.total_rounds
+    if self.round_metrics is not None or self.pruner is not None:
+      global_params = trainer.global_model(setup, state_of())[0]
+      if self.round_metrics is not None:
+        metrics.update(self.round_metrics(r, global_params))
+      if self.pruner is not None:
+        metrics.update(sparsity_of(self.pruner, global_params))
+    if r % config.eval_every_rounds == 0 or last:
+      metrics.update(trainer.evaluate(setup, state_of()))
+    if r % config.log_every_rounds == 0 or last or 'eval/loss' in metrics:
+      self.writer.write(r, metrics)
+      logging.info(self.progress.line(r, metrics))
+    if r % config.ckpt_every_rounds == 0 or last:
+      self.rd.save(r, tuple(state_of()))
+    self.final = {'round': r, **{k: v for k, v in metrics.items() if not k.startswith('perf/')}}
+
+  def diverged(self, error: TrainingDivergedError) -> TrainingDivergedError:
+    """The error to raise for a diverged run: it names the last good checkpoint kept."""
+    kept = self.rd.latest_round()
+    return TrainingDivergedError(
+      f'{error}; stopped, the last good checkpoint (round {kept or "none"}) is kept in '
+      f'{self.rd.checkpoints.directory}'
+    )
+
+  def close(self) -> None:
+    self.writer.close()
+
+  def finish(self, wall_sec: float, **perf_extra) -> dict[str, float]:
+    """Writes summary.json (final metrics) and perf.json; returns the final metrics."""
+    final = self.final or self.rd.last_logged()  # a finished run resumed: its last row
+    self.rd.write_json('summary.json', final, indent=2, sort_keys=True)
+    fr = self.setup.round
+    secs = self.train_secs
+    perf = {
+      'wall_sec': wall_sec,
+      'first_round_sec': self.first_round_sec,
+      'median_round_sec': float(np.median(secs)) if secs else None,
+      'examples_per_sec': self.examples / sum(secs) if secs else None,
+      'devices': int(fr.mesh.devices.size),
+      'client_strategy': fr.client_map.strategy,
+      'local_steps_unroll': fr.unroll,
+      **perf_extra,
+    }
+    self.rd.write_json('perf.json', perf, indent=2)
+    logging.info(
+      'done: %s round %d, eval/accuracy %.4f, wall %.1f s',
+      self.rd.workdir,
+      final.get('round', 0),
+      final.get('eval/accuracy', float('nan')),
+      wall_sec,
+    )
+    return final

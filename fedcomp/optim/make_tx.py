@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import optax
 
 from fedcomp.optim import fishleg_transform
@@ -58,8 +59,14 @@ INTEGERS = {'aux_every': 1, 'block_size': 1, 'max_factor_size': 1}
 
 
 def check_hyperparameters(kwargs: Mapping[str, Any], key: str) -> None:
-  """One-line ConfigErrors for hyperparameters out of range, NaN or infinite."""
+  """One-line ConfigErrors for hyperparameters out of range, NaN or infinite.
+
+  Traced values (a sweep's runs axis, fedcomp.sweep) pass: each run's own number was
+  checked in its config.
+  """
   for name, value in kwargs.items():
+    if isinstance(value, jax.Array):
+      continue
     bad_int = isinstance(value, bool) or not isinstance(value, int) or value < INTEGERS.get(name, 0)
     if name in INTEGERS and bad_int:
       raise ConfigError(f'config.{key}.{name}={value!r} must be an integer >= {INTEGERS[name]}')
