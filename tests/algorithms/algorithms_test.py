@@ -337,7 +337,9 @@ def test_every_aggregator_trains_and_is_bit_identical_on_8_devices(name, clients
   assert tree_equal(one, run(8))
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'map', 'loop'])
+# 'loop' unrolls every client at trace time: two minutes of compiling on 2 cores (-m slow);
+# the battery above runs every algorithm under 'loop'.
+@pytest.mark.parametrize('strategy', ['vmap', 'map', pytest.param('loop', marks=pytest.mark.slow)])
 def test_batch_norm_models_under_every_strategy(strategy):
   """Averaged and FedBN-local statistics, 11 clients (vmapped leaves of 2): every strategy
   gives the vmap result (to float tolerance) and is bit-identical on 8 devices."""

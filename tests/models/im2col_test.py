@@ -47,7 +47,8 @@ def test_strides_and_padding_match_lax_conv(shape, strides, padding):
   )
 
 
-@pytest.mark.parametrize('name', ['cnn', 'resnet'])
+# resnet (47 s on 2 cores) adds strided and padded convs, which the tests above cover: -m slow.
+@pytest.mark.parametrize('name', ['cnn', pytest.param('resnet', marks=pytest.mark.slow)])
 def test_models_train_the_same_with_either_impl(name):
   """Training passes (where im2col is used) give the same outputs and gradients."""
   shape = (28, 28, 1) if name == 'cnn' else (8, 8, 3)

@@ -16,13 +16,13 @@ def _alone(tmp_path, config, name):
   return workdir
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'map'])
-def test_group_of_learning_rates_and_seeds_equals_runs_alone(tmp_path, strategy):
+@pytest.mark.parametrize(('strategy', 'lrs'), [('vmap', 3), ('map', 2)])
+def test_group_of_learning_rates_and_seeds_equals_runs_alone(tmp_path, strategy, lrs):
   # 3 learning rates x 2 seeds; the seeds give different Dirichlet partitions (clients
   # padded to different lengths) and initial models; FedProx's μ varies with the learning
   # rate so that an algorithm option is traced too.
   configs, names = [], []
-  for lr, mu in ((0.05, 0.0), (0.1, 0.01), (0.2, 0.1)):
+  for lr, mu in ((0.05, 0.0), (0.1, 0.01), (0.2, 0.1))[:lrs]:
     for seed in (0, 1):
       configs.append(small_config(**{
         'seed': seed, 'client_tx.learning_rate': lr, 'algorithm_name': 'fed_prox',
@@ -39,7 +39,7 @@ def test_group_of_learning_rates_and_seeds_equals_runs_alone(tmp_path, strategy)
     assert read_summary(workdir) == read_summary(alone) == final
     assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
   # The runs really differ: one program did not run one setting six times.
-  assert len({read_summary(w)['train/loss'] for w in workdirs}) == 6
+  assert len({read_summary(w)['train/loss'] for w in workdirs}) == 2 * lrs
 
 
 def test_group_resumes_each_run_from_its_checkpoint(tmp_path):
