@@ -28,6 +28,7 @@ def bench_config(workload: str, arg: str | None) -> ml_collections.ConfigDict:
       'eval_every_rounds': 0,  # 0: no evaluation (timed apart where a workload has it)
       'cases': [],  # [{dotted key: value}, ...]: one benchmark per case
       'runs': 1,  # > 1: that many runs in one program (configs/bench/sweep.py)
+      'runs_strategy': 'auto',  # of the runs axis: auto, vmap or map (fedcomp.sweep.group)
     }
   )
   if arg.runlocal:

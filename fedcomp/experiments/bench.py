@@ -62,6 +62,7 @@ BENCH_KEYS = (
   'eval_every_rounds',
   'cases',
   'runs',
+  'runs_strategy',
 )
 
 
@@ -80,6 +81,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   ):
     if not isinstance(bench[key], int) or bench[key] < least:
       raise ConfigError(f'config.bench.{key}={bench[key]!r} must be an integer >= {least}')
+  strategy = bench.get('runs_strategy', 'auto')
+  if strategy not in ('auto', 'vmap', 'map'):
+    raise ConfigError(f'config.bench.runs_strategy={strategy!r} is unknown; known: auto, vmap, map')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -170,6 +174,7 @@ def run_case(
       'repeat': repeat,
       'rounds_per_sec': 1.0 / round_sec,
       'runs': runs,
+      'runs_strategy': _group_strategy(config, setup) if runs > 1 else None,
       'client_updates_per_sec': runs * config.cohort_size / round_sec,
       'examples_per_sec': examples_per_sec,
       'examples_per_round_median': float(np.median(examples)),
@@ -231,7 +236,7 @@ def _run_group(config, setup, runs: int):
   keys = ['client_tx.learning_rate']
   if len({group.structure(s) for s in setups}) > 1:
     raise ConfigError(f'config.bench.runs={runs}: the seeds give runs of different shapes')
-  strategy = group.resolve_strategy('auto', setup)
+  strategy = _group_strategy(config, setup)
   gr = group.GroupRound(configs[0], setup, keys, strategy, max(s.round.pad_to for s in setups))
   hyper = jnp.asarray([[c.client_tx.learning_rate] for c in configs], jnp.float32)
   states = [trainer.initial_state(s) for s in setups]
@@ -241,3 +246,9 @@ def _run_group(config, setup, runs: int):
     return gr.round(hyper, server, table, *args)
 
   return (lambda r: gr.cohorts(setups, r)), step, state
+
+
+def _group_strategy(config, setup) -> str:
+  from fedcomp.sweep import group
+
+  return group.resolve_strategy(config.bench.get('runs_strategy', 'auto'), setup)
