@@ -15,7 +15,6 @@ anything is compiled.
 """
 
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
@@ -116,17 +115,10 @@ def _main():
     _report(workdir, runs)
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'sweep.json'), 'w') as f:
-    json.dump(
-      {
-        'config': config_arg,
-        'overrides': {k: cli_value(v) for k, v in base_overrides.items()},
-        'runs': [{'name': r.name, 'overrides': r.overrides} for r in runs],
-        'jobs': [[r.name for r in j.runs] for j in jobs],
-      },
-      f, indent=2, default=str,
-    )  # fmt: skip
+  if _JOB.value is None:  # the parallel executor's children leave it to their parent
+    _write_plan(workdir, config_arg, base_overrides, runs, jobs)
   total = base.get('total_rounds')
+
   todo = []
   for i, job in enumerate(jobs):
     left = tuple(r for r in job.runs if not report.is_finished(workdir, r, total))
@@ -149,6 +141,23 @@ def _main():
   if failed:
     print(f'fedcomp: {len(failed)} run(s) failed: {"; ".join(failed)}', file=sys.stderr)
     sys.exit(1)
+
+
+def _write_plan(workdir, config_arg, base_overrides, runs, jobs) -> None:
+  """DIR/sweep.json: the config, its command-line overrides, the runs and the jobs."""
+  from fedcomp.core.run_dir import write_json_atomic
+
+  write_json_atomic(
+    os.path.join(workdir, 'sweep.json'),
+    {
+      'config': config_arg,
+      'overrides': {k: cli_value(v) for k, v in base_overrides.items()},
+      'runs': [{'name': r.name, 'overrides': r.overrides} for r in runs],
+      'jobs': [[r.name for r in j.runs] for j in jobs],
+    },
+    indent=2,
+    default=str,
+  )
 
 
 def _validate(config) -> None:

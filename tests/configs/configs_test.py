@@ -40,6 +40,11 @@ SLOW = {
   ('fed_prune', 'scorer=fishleg,runlocal'),
   ('divergence', 'runlocal'),
   ('fmnist_cnn', 'partition=shards,runlocal'),
+  # Second variants of configs whose first variant runs in CI (shared data's warm-up also in
+  # tests/experiments/federated_test.py).
+  ('noniid', 'partition=1class,beta=0.1,alpha=0.5,runlocal'),
+  ('fedper', 'classes_per_client=2,runlocal'),
+  ('fishleg_autoencoder', 'model=cnn,runlocal'),
 }
 
 

@@ -49,7 +49,7 @@ def test_sweep_runs_jobs_resumes_after_kill_and_reports(tmp_path):
   config = tmp_path / 'cfg.py'
   config.write_text(CONFIG)
   whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  out = sweep(config, whole)
+  out = sweep(config, whole, '--parallel=2')  # two jobs in two subprocesses at once
   assert out.returncode == 0, out.stderr[-2000:]
   plan = json.loads((whole / 'sweep.json').read_text())
   assert plan['jobs'] == [RUNS[:2], RUNS[2:]]  # the algorithm is structural; seeds share a program
