@@ -79,13 +79,28 @@ def cohort(setup: Setup, round_: int):
   Every process samples and lays out the whole cohort (ids only) but gathers the data of
   only the slots its own devices hold (all of them with one process).
   """
+  return setup.round.put(*cohort_arrays(setup, round_))
+
+
+def cohort_arrays(setup: Setup, round_: int, pad_to: int | None = None):
+  """Round `round_`'s cohort on the host: (slot ids of the whole layout, data, mask).
+
+  Args:
+    setup: the built run.
+    round_: the round.
+    pad_to: examples per client (None: the round's own padding).
+
+  Returns:
+    slot ids (size,) and this process's slots' data (n, pad_to, ...) and mask (n, pad_to).
+  """
   fr = setup.round
   ids = sample_cohort(setup.seed, round_, setup.data.num_clients, setup.cohort_size)
   ids = ids[fr.cohort_order(setup.data.client_sizes[ids])]
   slots = fr.slot_ids(ids)
   mine = slots[fr.local_slots(len(ids))]
-  data, mask = setup.data.gather(mine, fr.pad_to)  # spare slots (id = num_clients) are empty
-  return fr.put(slots, data, mask)
+  # Spare slots (id = num_clients) are empty.
+  data, mask = setup.data.gather(mine, fr.pad_to if pad_to is None else pad_to)
+  return slots, data, mask
 
 
 def initial_state(setup: Setup, params: PyTree = None, model_state: PyTree = None) -> TrainState:

@@ -238,9 +238,8 @@ def _run_group(config, setup, runs: int):
     raise ConfigError(f'config.bench.runs={runs}: the seeds give runs of different shapes')
   strategy = _group_strategy(config, setup)
   gr = group.GroupRound(configs[0], setup, keys, strategy, max(s.round.pad_to for s in setups))
-  hyper = jnp.asarray([[c.client_tx.learning_rate] for c in configs], jnp.float32)
-  states = [trainer.initial_state(s) for s in setups]
-  state = tuple(jax.tree.map(lambda *xs: jnp.stack(xs), *parts) for parts in zip(*states))
+  hyper = group.hyper_values(configs, keys)
+  state = group.stack_states([trainer.initial_state(s) for s in setups])
 
   def step(server, table, *args):
     return gr.round(hyper, server, table, *args)

@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from fedcomp.core import trainer
 from fedcomp.core.federated_round import FederatedRound
-from fedcomp.core.run_dir import RunDir
+from fedcomp.core.run_dir import RunDir, flatten
 from fedcomp.errors import ConfigError, TrainingDivergedError
 from fedcomp.experiments import federated
 from fedcomp.sweep.plan import VARYING_SECTIONS
@@ -62,31 +62,38 @@ def check_group(configs: Sequence[Any]) -> list[str]:
   keys = hyper_keys(configs)
   base = _without(configs[0], keys)
   for c in configs[1:]:
-    if _without(c, keys) != base:
-      diff = sorted(
-        k for k in set(base) | set(_without(c, keys)) if base.get(k) != _without(c, keys).get(k)
-      )
+    other = _without(c, keys)
+    if other != base:
+      diff = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
       raise ConfigError(
         f'runs of one group differ in {", ".join(diff)}, which changes what is compiled'
       )
   for key in keys:
     for c in configs:
-      value = c[key.split('.')[0]].get(key.split('.')[1])
+      section, name = key.split('.')
+      value = c[section].get(name)
       if isinstance(value, bool) or not isinstance(value, float):
         raise ConfigError(f'config.{key}={value!r}: only float options can vary inside one program')
   return keys
 
 
 def _without(config, keys) -> dict:
-  flat = {}
-  for k, v in config.to_dict().items():
-    if isinstance(v, dict):
-      flat.update({f'{k}.{kk}': repr(vv) for kk, vv in v.items()})
-    else:
-      flat[k] = repr(v)
+  """The config's dotted keys -> repr(value), without the seed and `keys`."""
+  flat = {k: repr(v) for k, v in flatten(config.to_dict()).items()}
   for key in ('seed', *keys):
     flat.pop(key, None)
   return flat
+
+
+def hyper_values(configs: Sequence[Any], keys: Sequence[str]) -> jax.Array:
+  """(runs, len(keys)) float32: each run's value of each varying hyperparameter."""
+  rows = [[float(c[k.split('.')[0]][k.split('.')[1]]) for k in keys] for c in configs]
+  return jnp.asarray(rows, jnp.float32).reshape(len(configs), len(keys))
+
+
+def stack_states(states: Sequence[trainer.TrainState]) -> trainer.TrainState:
+  """The runs' states stacked along a leading runs axis."""
+  return trainer.TrainState(*(_stack(parts) for parts in zip(*states, strict=True)))
 
 
 def _stack(trees: Sequence[PyTree]) -> PyTree:
@@ -157,14 +164,10 @@ class GroupRound:
 
   def cohorts(self, setups: Sequence[federated.Built], round_: int):
     """Every run's cohort of round `round_`, stacked (runs, slots, ...) and on the mesh."""
-    fr = self.setup.round
     parts = []
     for s in setups:
-      ids = trainer.sample_cohort(s.seed, round_, s.data.num_clients, s.cohort_size)
-      ids = ids[fr.cohort_order(s.data.client_sizes[ids])]
-      slots = fr.slot_ids(ids)
-      data, mask = s.data.gather(slots, self.pad_to)
-      parts.append((slots.astype(np.int32), data, mask, slots < fr.num_clients))
+      slots, data, mask = trainer.cohort_arrays(s, round_, self.pad_to)
+      parts.append((slots.astype(np.int32), data, mask, slots < s.round.num_clients))
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *parts)
     keys = jnp.stack([trainer.round_key(s.seed, round_) for s in setups])
     return (*jax.device_put(stacked, self.cohort_sharding), keys)
@@ -252,9 +255,8 @@ def _run_part(configs, rds, setups, starts, keys, strategy) -> list[Any]:
   s0, c0 = setups[0], configs[0]
   strategy = resolve_strategy(strategy, s0)
   start = starts[0][0]
-  state = trainer.TrainState(*(_stack(p) for p in zip(*(st for _, st in starts), strict=True)))
-  hyper = jnp.asarray([[_number(c, k) for k in keys] for c in configs], jnp.float32)
-  hyper = hyper.reshape(len(configs), len(keys))
+  state = stack_states([st for _, st in starts])
+  hyper = hyper_values(configs, keys)
   gr = GroupRound(c0, s0, keys, strategy, max(s.round.pad_to for s in setups))
   logs = [
     federated.RoundLog(c, rd, s, start) for c, rd, s in zip(configs, rds, setups, strict=True)
@@ -303,11 +305,6 @@ def _run_alone(config, rd, setup, start, state) -> Any:
     return federated.train_logged(config, rd, setup, start, state)
   except TrainingDivergedError as e:
     return e
-
-
-def _number(config, key: str) -> float:
-  section, name = key.split('.')
-  return float(config[section][name])
 
 
 def _state_of(state: trainer.TrainState, i: int) -> Callable[[], trainer.TrainState]:
