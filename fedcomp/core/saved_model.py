@@ -74,6 +74,16 @@ def save_model(workdir: str, params: PyTree, model_state: PyTree, meta: Mapping)
   return final
 
 
+def read_meta(workdir: str) -> dict | None:
+  """The saved model's metadata (model.json) without building or restoring anything; None
+  if the workdir holds no saved model."""
+  path = os.path.join(os.path.abspath(workdir), MODEL_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _build(meta: Mapping):
   return models.build_model(
     meta['model_name'],

@@ -43,9 +43,8 @@ from fedcomp import data as fdata
 from fedcomp import models, tasks
 from fedcomp.compression import pruning
 from fedcomp.compression.pruning.targets import check_sparsity, dense_masks, sparsity_report
-from fedcomp.core.centralised import make_epoch_fn
+from fedcomp.core.centralised import train_epochs
 from fedcomp.core.evaluation import make_evaluator
-from fedcomp.core.optimizer_step import OptimizerStep
 from fedcomp.core.run_dir import RunDir, write_json_atomic
 from fedcomp.core.saved_model import MODEL_JSON, describe, load_model, save_model
 from fedcomp.data.federated import as_batch
@@ -218,18 +217,11 @@ def _dense_model(config, workdir, model, data, task):
     save_model(dense_dir, saved.params, saved.model_state, saved.meta)
     return saved.params, saved.model_state
   d = config.dense
-  step = OptimizerStep(make_tx(d.tx_name, d.tx, 'dense.tx'))
-  epoch = make_epoch_fn(task, model.apply, step, d.batch_size)
-  params, model_state = model.params, model.state
-  opt_state = step.init(params)
-  key = jax.random.key(config.seed)
-  for e in range(d.epochs):
-    t = time.perf_counter()
-    params, model_state, opt_state, sums = epoch(
-      params, model_state, opt_state, data.train, jax.random.fold_in(key, e)
-    )
-    logging.info('dense epoch %d: train loss %.4f (%.1f s)', e + 1,
-                 float(tasks.mean_of(sums)), time.perf_counter() - t)  # fmt: skip
+  params, model_state = train_epochs(
+    task, model.apply, model.params, model.state, data.train, epochs=d.epochs,
+    batch_size=d.batch_size, tx=make_tx(d.tx_name, d.tx, 'dense.tx'),
+    key=jax.random.key(config.seed), name='dense',
+  )  # fmt: skip
   meta = describe(config.model_name, config.model, data.dataset.train['x'].shape[1:],
                   data.dataset.num_classes, config.seed)  # fmt: skip
   meta['epochs'] = d.epochs

@@ -5,6 +5,8 @@ called as `model(x, train=..., rngs=key, mask=mask)`. `build_model` splits it on
 parameters (nnx.Param) and model state (every other variable, e.g. BatchNorm's running
 statistics); afterwards the rest of fedcomp sees only a pure
 `apply(params, state, x, *, train, key, mask) -> (outputs, new_state)` and nested dicts.
+`taps` runs the same forward pass and also returns named activations and BatchNorm input
+statistics (see fedcomp.models.taps), for knowledge distillation and DeepInversion.
 """
 
 import dataclasses
@@ -17,6 +19,7 @@ from flax import nnx
 
 from fedcomp.models import autoencoder, cnn, mlp, resnet, simple_cnn, vgg
 from fedcomp.models.flops import count_matmul_flops
+from fedcomp.models.taps import recording
 from fedcomp.registry import check_kwargs, lookup
 from fedcomp.utils.param_paths import leaf_paths
 
@@ -49,6 +52,17 @@ class BuiltModel:
     norm_paths: the parameter paths ('blocks/0/bn0/scale') of normalisation layers (what FedBN
       keeps local).
     flops_per_example: forward FLOPs per example (2 x multiply-adds of conv/dense layers).
+    taps: taps(params, state, x, *, train=False, key=None, mask=None) -> (outputs, new_state,
+      taps): `apply`'s results plus taps = {'features': {name: (B, D) float32}, 'bn': (...)}.
+      'features' holds the model's named activations: every classifier gives 'penultimate'
+      (the input of its logits layer, after dropout when training); resnet also 'stage0',
+      'stage1', ... (each stage's output, globally average-pooled); autoencoder 'code'.
+      'bn' has one dict per BatchNorm layer in forward-execution order:
+      {'mean', 'var'} (C,) of the layer's input over the rows where `mask` is True (all rows
+      when None) and spatial positions, biased variance, in training and evaluation alike;
+      {'running_mean', 'running_var'} (C,) its stored statistics before this call. () for
+      models without BatchNorm. Pure, jittable, vmappable, differentiable in params and x.
+    feature_names: the keys of taps['features'] (sorted, as are the features).
   """
 
   apply: Callable
@@ -56,6 +70,8 @@ class BuiltModel:
   state: dict
   norm_paths: tuple[str, ...]
   flops_per_example: int
+  taps: Callable
+  feature_names: tuple[str, ...]
 
 
 def _options_signature(model_cls) -> Callable:
@@ -83,6 +99,32 @@ def _norm_param_paths(module: nnx.Module) -> tuple[str, ...]:
   return tuple(sorted(found))
 
 
+def _creator(name, kwargs, input_shape, num_classes, key):
+  """create(rngs) -> the nnx module, with the options checked (named config.<key>.*)."""
+  model_cls = lookup(MODELS, name, 'model_name' if key == 'model' else f'{key}_name')
+  kwargs = check_kwargs(_options_signature(model_cls), kwargs, key, f'model {name!r}')
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  input_shape = tuple(int(d) for d in input_shape)
+  num_classes = 0 if num_classes is None else int(num_classes)
+
+  def create(rngs):
+    return model_cls(input_shape=input_shape, num_classes=num_classes, rngs=rngs, **kwargs)
+
+  return create
+
+
+def check_model(name: str, kwargs: Mapping, input_shape, num_classes, key: str = 'model') -> None:
+  """Creates model `name` abstractly (no arrays, no compilation): its options and its fit to
+  the input shape fail here with a one-line ConfigError.
+
+  Args:
+    name, kwargs, input_shape, num_classes: as build_model.
+    key: the config section the options come from (named in errors).
+  """
+  create = _creator(name, kwargs, input_shape, num_classes, key)
+  nnx.eval_shape(lambda: create(nnx.Rngs(0)))
+
+
 def build_model(
   name: str, kwargs: Mapping, input_shape: tuple[int, ...], num_classes: int | None, seed: int
 ) -> BuiltModel:
@@ -98,15 +140,8 @@ def build_model(
   Returns:
     The BuiltModel.
   """
-  model_cls = lookup(MODELS, name, 'model_name')
-  kwargs = check_kwargs(_options_signature(model_cls), kwargs, 'model', f'model {name!r}')
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  create = _creator(name, kwargs, input_shape, num_classes, 'model')
   input_shape = tuple(int(d) for d in input_shape)
-  num_classes = 0 if num_classes is None else int(num_classes)
-
-  def create(rngs):
-    return model_cls(input_shape=input_shape, num_classes=num_classes, rngs=rngs, **kwargs)
-
   # Abstract creation (cheap) gives the graph and validates the options; one jitted init
   # then computes the values (faster than eager init, whose ops compile one by one).
   abstract = nnx.eval_shape(lambda: create(nnx.Rngs(seed)))
@@ -140,12 +175,21 @@ def build_model(
     new = jax.tree.leaves(nnx.state(model, nnx.Not(nnx.Param)))
     return out, jax.tree.unflatten(state_treedef, new)
 
+  def taps_fn(params, state, x, *, train: bool = False, key=None, mask=None):
+    with recording() as recorded:
+      out, new_state = apply(params, state, x, train=train, key=key, mask=mask)
+    features = dict(sorted(recorded.features.items()))  # as jit returns dicts
+    return out, new_state, {'features': features, 'bn': tuple(recorded.bn)}
+
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   flops = count_matmul_flops(lambda p, s, x: apply(p, s, x)[0], params, state, x)
+  features = jax.eval_shape(lambda p, s, x: taps_fn(p, s, x)[2]['features'], params, state, x)
   return BuiltModel(
     apply=apply,
     params=params,
     state=state,
     norm_paths=_norm_param_paths(abstract),
     flops_per_example=flops,
+    taps=taps_fn,
+    feature_names=tuple(sorted(features)),
   )

@@ -20,7 +20,8 @@ from fedcomp.models.mlp import DenseStack
 class Model(DenseStack):
   """flatten -> encoder (ReLU, linear code) -> decoder (ReLU) -> input-sized logits.
 
-  Parameters live under dense0 ... dense{2 * len(encoder) - 1}.
+  Parameters live under dense0 ... dense{2 * len(encoder) - 1}; the code is tap feature
+  'code' (no 'penultimate': not a classifier).
   """
 
   def __init__(
@@ -45,4 +46,5 @@ class Model(DenseStack):
       raise ConfigError(f'config.model.encoder must be positive integers, got {encoder}')
     size = math.prod(input_shape)
     widths = (size, *encoder, *encoder[-2::-1], size)
-    self._build(widths, rngs, linear_layers=(len(encoder) - 1,))  # the code layer is linear
+    code = len(encoder) - 1  # the code layer is linear
+    self._build(widths, rngs, linear_layers=(code,), tap=(code + 1, 'code'))

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fedcomp.errors import ConfigError
-from fedcomp.models import im2col
+from fedcomp.models import im2col, widths
+from fedcomp.models.taps import feature
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
@@ -32,6 +33,7 @@ class Model(nnx.Module):
     dropout: Sequence[float] = (0.25, 0.5),
     conv_impl: str = 'auto',
     compute_dtype: str = 'float32',
+    width: float = 1.0,
   ):
     """Creates the layers.
 
@@ -49,6 +51,8 @@ class Model(nnx.Module):
       compute_dtype: dtype of the layers' matmuls and convolutions: 'float32', or
         'bfloat16' for mixed precision (float32 params, updates and logits; bf16 inputs
         to each layer, float32 accumulation) (config.model.compute_dtype).
+      width: multiplier of `features` and `dense`, each rounded and at least 1
+        (config.model.width).
     """
     if compute_dtype not in COMPUTE_DTYPES:
       raise ConfigError(
@@ -65,6 +69,9 @@ class Model(nnx.Module):
       raise ConfigError(f'config.model.dense must be a positive integer, got {dense}')
     if len(dropout) != 2 or not all(0.0 <= r < 1.0 for r in dropout):
       raise ConfigError(f'config.model.dropout must be two rates in [0, 1), got {dropout}')
+    width = widths.check_width(width)
+    features = tuple(widths.scale(f, width) for f in features)
+    dense = widths.scale(int(dense), width)
     if len(input_shape) != 3:
       raise ConfigError(f'model cnn needs (H, W, C) examples, got input shape {input_shape}')
     h, w, c = input_shape
@@ -113,4 +120,5 @@ class Model(nnx.Module):
     h = h.reshape(h.shape[0], -1)
     h = jax.nn.relu(self.dense0(h))
     h = self.drop1(h, deterministic=not train, rngs=r1)
+    feature('penultimate', h)
     return self.dense1(h).astype(jnp.float32)

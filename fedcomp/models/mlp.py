@@ -7,6 +7,7 @@ import jax
 from flax import nnx
 
 from fedcomp.errors import ConfigError
+from fedcomp.models import taps
 
 
 class DenseStack(nnx.Module):
@@ -14,25 +15,34 @@ class DenseStack(nnx.Module):
 
   Subclasses call `_build` from their __init__; the last layer and those listed in
   `linear_layers` have no activation. With `batch_norm`, a BatchNorm layer `norm{i}` follows
-  every hidden dense layer (before its ReLU).
+  every hidden dense layer (before its ReLU). The input of layer `tap_layer` is recorded as
+  feature `tap_name` (see fedcomp.models.taps).
   """
 
   def _build(
-    self, widths: Sequence[int], rngs: nnx.Rngs, linear_layers=(), batch_norm: bool = False
+    self,
+    widths: Sequence[int],
+    rngs: nnx.Rngs,
+    linear_layers=(),
+    batch_norm: bool = False,
+    tap: tuple[int, str] | None = None,
   ) -> None:
     self.num_layers = len(widths) - 1
     self.linear_layers = tuple(linear_layers)
     self.batch_norm = batch_norm
+    self.tap_layer, self.tap_name = (-1, '') if tap is None else tap
     for i in range(self.num_layers):
       setattr(self, f'dense{i}', nnx.Linear(widths[i], widths[i + 1], rngs=rngs))
       if batch_norm and i < self.num_layers - 1:
-        setattr(self, f'norm{i}', nnx.BatchNorm(widths[i + 1], momentum=0.9, rngs=rngs))
+        setattr(self, f'norm{i}', taps.BatchNorm(widths[i + 1], momentum=0.9, rngs=rngs))
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None, mask=None) -> jax.Array:
     """Returns (B, widths[-1]) outputs for a batch x (B, *input_shape)."""
     del rngs  # No dropout.
     h = x.reshape(x.shape[0], -1)
     for i in range(self.num_layers):
+      if i == self.tap_layer:
+        taps.feature(self.tap_name, h)
       h = getattr(self, f'dense{i}')(h)
       if i < self.num_layers - 1 and self.batch_norm:
         m = None if mask is None else mask[:, None]
@@ -67,4 +77,4 @@ class Model(DenseStack):
     if any(int(h) != h or h <= 0 for h in hidden):
       raise ConfigError(f'config.model.hidden must be positive integers, got {hidden}')
     widths = (math.prod(input_shape), *(int(h) for h in hidden), num_classes)
-    self._build(widths, rngs, batch_norm=bool(batch_norm))
+    self._build(widths, rngs, batch_norm=bool(batch_norm), tap=(len(hidden), 'penultimate'))

@@ -1,13 +1,17 @@
-"""ResNets with BatchNorm for 28x28 and 32x32 inputs: ResNet-18 and ResNet-20 (CIFAR style).
+"""ResNets with BatchNorm for 28x28 and 32x32 inputs: ResNet-18 and the CIFAR 6n+2 family.
 
 - depth=18: the CIFAR ResNet-18 common to FL and compression papers (3x3 stem of 64
   channels, no max-pool, BasicBlocks [2, 2, 2, 2] of 64/128/256/512 channels, strides
   1/2/2/2, 1x1 convolution + BatchNorm shortcuts where the shape changes, convolutions
   without bias, global average pooling, one dense layer): 11,173,962 parameters for
   32x32x3 inputs and 10 classes.
-- depth=20: He et al.'s CIFAR ResNet-20 (stages of 16/32/64 channels, 3 BasicBlocks each,
-  option A shortcuts: identity, subsampled and zero-padded where the shape changes):
-  269,722 parameters for 32x32x3 inputs and 10 classes.
+- depth=6n+2 >= 8 (8, 14, 20, 32, 44, 56, 110, ...): He et al.'s CIFAR ResNets (stages of
+  16/32/64 channels, n BasicBlocks each, option A shortcuts: identity, subsampled and
+  zero-padded where the shape changes). ResNet-20: 269,722 parameters for 32x32x3 inputs
+  and 10 classes; for 28x28x1 inputs and 10 classes ResNet-8 has 75,002 and ResNet-20
+  269,434.
+
+`width` multiplies every channel count, the stem's too (students for distillation).
 
 28x28 inputs (MNIST-like) go through the same layers (SAME padding: 28 -> 14 -> 7 -> 4).
 BatchNorm statistics (`mean`, `var`) are model state, not parameters: training updates them
@@ -17,6 +21,7 @@ References: He, Zhang, Ren, Sun 2016, "Deep Residual Learning for Image Recognit
 Sec. 4.2 (CIFAR-10 ResNets); Ioffe & Szegedy 2015 (BatchNorm).
 """
 
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -24,17 +29,37 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fedcomp.errors import ConfigError
-from fedcomp.models import im2col
+from fedcomp.models import im2col, taps, widths
 
-DEPTHS = {
-  18: ((64, 128, 256, 512), (2, 2, 2, 2), 'projection'),
-  20: ((16, 32, 64), (3, 3, 3), 'pad'),
-}
 BN = {'momentum': 0.9, 'epsilon': 1e-5}  # PyTorch's BatchNorm defaults (momentum 0.1 there)
 
 
+def plan(depth: int) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+  """The stage widths, blocks per stage and shortcut type of ResNet-`depth`.
+
+  Args:
+    depth: 18, or 6n+2 >= 8 (config.model.depth).
+
+  Returns:
+    (widths, blocks, shortcut), shortcut 'projection' or 'pad' (option A).
+  """
+  if depth == 18:
+    return (64, 128, 256, 512), (2, 2, 2, 2), 'projection'
+  if depth in (50, 152):  # not the CIFAR family these names would suggest
+    raise ConfigError(
+      f'config.model.depth={depth}: the ImageNet bottleneck ResNets are not implemented; '
+      'use 18, or 6n+2 >= 8 (8, 14, 20, 32, 44, 56, 110, ...)'
+    )
+  if isinstance(depth, numbers.Integral) and depth >= 8 and (depth - 2) % 6 == 0:
+    return (16, 32, 64), ((depth - 2) // 6,) * 3, 'pad'
+  raise ConfigError(
+    f'config.model.depth={depth!r} is unknown; known: 18, or 6n+2 >= 8 (8, 14, 20, 32, 44, '
+    '56, 110, ...)'
+  )
+
+
 def batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(channels, rngs=rngs, **BN)
+  return taps.BatchNorm(channels, rngs=rngs, **BN)
 
 
 def conv3x3(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -66,6 +91,8 @@ class BasicBlock(nnx.Module):
     self.bn0 = batch_norm(cout, rngs)
     self.conv1 = conv3x3(cout, cout, 1, rngs)
     self.bn1 = batch_norm(cout, rngs)
+    if cout < cin:
+      raise ValueError(f'BasicBlock narrows {cin} -> {cout} channels')
     self.stride, self.pad = stride, cout - cin
     self.project = shortcut == 'projection' and (stride != 1 or cin != cout)
     if self.project:
@@ -98,6 +125,7 @@ class Model(nnx.Module):
     rngs: nnx.Rngs,
     depth: int = 18,
     conv_impl: str = 'auto',
+    width: float = 1.0,
   ):
     """Creates the layers.
 
@@ -105,26 +133,28 @@ class Model(nnx.Module):
       input_shape: (H, W, C) of one example.
       num_classes: number of logits.
       rngs: initialisation RNGs.
-      depth: 18 (ResNet-18, CIFAR style) or 20 (ResNet-20, He et al.) (config.model.depth).
+      depth: 18 (ResNet-18, CIFAR style) or 6n+2 >= 8 (ResNet-8, -14, -20, ..., He et al.)
+        (config.model.depth).
       conv_impl: 'xla', 'im2col' or 'auto' (see fedcomp.models.im2col) (config.model.conv_impl).
+      width: multiplier of every channel count, each rounded and at least 1
+        (config.model.width).
     """
-    if depth not in DEPTHS:
-      raise ConfigError(
-        f'config.model.depth={depth!r} is unknown; known: {", ".join(map(str, DEPTHS))}'
-      )
+    stage_widths, blocks, shortcut = plan(depth)
+    width = widths.check_width(width)
+    stage_widths = tuple(widths.scale(w, width) for w in stage_widths)
     if len(input_shape) != 3:
       raise ConfigError(f'model resnet needs (H, W, C) examples, got input shape {input_shape}')
-    widths, blocks, shortcut = DEPTHS[depth]
     self.conv_impl = im2col.resolve_conv_impl(conv_impl)
-    self.stem = conv3x3(input_shape[-1], widths[0], 1, rngs)
-    self.stem_bn = batch_norm(widths[0], rngs)
-    layers, cin = [], widths[0]
-    for stage, (width, count) in enumerate(zip(widths, blocks)):
+    self.stem = conv3x3(input_shape[-1], stage_widths[0], 1, rngs)
+    self.stem_bn = batch_norm(stage_widths[0], rngs)
+    layers, cin = [], stage_widths[0]
+    for stage, (cout, count) in enumerate(zip(stage_widths, blocks)):
       for b in range(count):
         stride = 2 if stage > 0 and b == 0 else 1
-        layers.append(BasicBlock(cin, width, stride, shortcut, rngs))
-        cin = width
+        layers.append(BasicBlock(cin, cout, stride, shortcut, rngs))
+        cin = cout
     self.blocks = nnx.List(layers)
+    self.stage_ends = tuple(sum(blocks[: i + 1]) - 1 for i in range(len(blocks)))
     self.head = nnx.Linear(cin, num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None, mask=None) -> jax.Array:
@@ -132,6 +162,10 @@ class Model(nnx.Module):
     del rngs  # no dropout
     ctx = Context(train, self.conv_impl == 'im2col' and train, mask)
     h = jax.nn.relu(ctx.norm(self.stem_bn, ctx.conv(self.stem, x)))
-    for block in self.blocks:
+    for i, block in enumerate(self.blocks):
       h = block(h, ctx)
-    return self.head(h.mean(axis=(1, 2))).astype(jnp.float32)
+      if i in self.stage_ends:
+        taps.feature(f'stage{self.stage_ends.index(i)}', h.mean(axis=(1, 2)))
+    h = h.mean(axis=(1, 2))
+    taps.feature('penultimate', h)
+    return self.head(h).astype(jnp.float32)

@@ -5,6 +5,7 @@ between the stages, global average pooling and one dense layer to the logits: th
 the CIFAR pruning and distillation literature. Max-pools pad like ceil mode, so 28x28
 inputs reach 1x1 after the five pools (28 -> 14 -> 7 -> 4 -> 2 -> 1) as 32x32 ones do.
 Parameters for 32x32x3 inputs and 10 classes: VGG-11 9,231,114; VGG-16 14,728,266.
+`width` multiplies every conv's channel count (students for distillation).
 
 References: Simonyan & Zisserman 2015, "Very Deep Convolutional Networks for Large-Scale
 Image Recognition" (ICLR), configurations A and D; Ioffe & Szegedy 2015 (BatchNorm).
@@ -17,8 +18,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fedcomp.errors import ConfigError
-from fedcomp.models import im2col
+from fedcomp.models import im2col, widths
 from fedcomp.models.resnet import Context, batch_norm
+from fedcomp.models.taps import feature
 
 POOL = 'M'
 CONFIGS = {
@@ -38,6 +40,7 @@ class Model(nnx.Module):
     rngs: nnx.Rngs,
     depth: int = 16,
     conv_impl: str = 'auto',
+    width: float = 1.0,
   ):
     """Creates the layers.
 
@@ -47,15 +50,18 @@ class Model(nnx.Module):
       rngs: initialisation RNGs.
       depth: 11 (VGG-11) or 16 (VGG-16) (config.model.depth).
       conv_impl: 'xla', 'im2col' or 'auto' (see fedcomp.models.im2col) (config.model.conv_impl).
+      width: multiplier of every conv's channel count, each rounded and at least 1
+        (config.model.width).
     """
     if depth not in CONFIGS:
       raise ConfigError(
         f'config.model.depth={depth!r} is unknown; known: {", ".join(map(str, CONFIGS))}'
       )
+    width = widths.check_width(width)
     if len(input_shape) != 3:
       raise ConfigError(f'model vgg needs (H, W, C) examples, got input shape {input_shape}')
     self.conv_impl = im2col.resolve_conv_impl(conv_impl)
-    self.plan = CONFIGS[depth]
+    self.plan = tuple(i if i == POOL else widths.scale(i, width) for i in CONFIGS[depth])
     convs, norms, cin = [], [], input_shape[-1]
     for item in self.plan:
       if item == POOL:
@@ -77,4 +83,6 @@ class Model(nnx.Module):
       else:
         h = jax.nn.relu(ctx.norm(self.norms[i], ctx.conv(self.convs[i], h)))
         i += 1
-    return self.head(h.mean(axis=(1, 2))).astype(jnp.float32)
+    h = h.mean(axis=(1, 2))
+    feature('penultimate', h)
+    return self.head(h).astype(jnp.float32)

@@ -1,8 +1,8 @@
 """Knowledge distillation: a student matches a teacher's softened outputs.
 
 The loss of an example is (1 − w)·T²·KL(softmax(t/T) ‖ softmax(s/T)) + w·CE(s, y) for
-student logits s, teacher logits t, temperature T and hard-label weight w. The T² keeps
-the soft term's gradients at the scale of the hard term's as T grows (Hinton et al.).
+student logits s, teacher logits t, temperature T and hard-label weight w (α of
+`fedcomp.compression.distillation.kd`, where the loss lives).
 The teacher's logits come from the batch ('teacher_logits', precomputed or streamed)
 or from a teacher function of the inputs given to `make` (not settable from a config:
 experiments that distil build it from a trained run).
@@ -15,18 +15,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from fedcomp.compression.distillation.kd import distillation_loss
 from fedcomp.errors import ConfigError
 from fedcomp.tasks import classification
 from fedcomp.tasks.base import Task, masked_sums, mean_of
-
-
-def kd_loss(student, teacher, temperature: float) -> jax.Array:
-  """Per-example T²·KL(softmax(teacher/T) ‖ softmax(student/T))."""
-  t = jax.nn.log_softmax(teacher / temperature, -1)
-  s = jax.nn.log_softmax(student / temperature, -1)
-  return temperature**2 * (jnp.exp(t) * (t - s)).sum(-1)
 
 
 def make(
@@ -61,10 +54,7 @@ def make(
 
   def per_row(student, batch):
     t = teacher_logits(batch)
-    loss = kd_loss(student, t, temperature)
-    if hard_label_weight > 0:
-      ce = optax.softmax_cross_entropy_with_integer_labels(student, batch['y'])
-      loss = (1.0 - hard_label_weight) * loss + hard_label_weight * ce
+    loss = distillation_loss(student, t, batch.get('y'), temperature, hard_label_weight)
     values = {'loss': loss, 'agreement': jnp.argmax(student, -1) == jnp.argmax(t, -1)}
     if 'y' in batch:
       values['accuracy'] = jnp.argmax(student, -1) == batch['y']

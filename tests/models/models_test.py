@@ -1,7 +1,8 @@
 """Tests for fedcomp.models: sizes against published counts, FLOPs, model state, errors.
 
 Every registered model passes the battery: it builds, its gradient step lowers the loss on
-a fixed batch, it is deterministic, and evaluation does not depend on the other rows.
+a fixed batch, it is deterministic, evaluation does not depend on the other rows, and its
+taps give the input of its logits layer ('penultimate').
 """
 
 import jax
@@ -23,6 +24,8 @@ BATTERY = {
   'simple_cnn': {'features': (4,), 'dense': 8},
   'vgg': {'depth': 11},
 }
+# The logits layer of each battery classifier.
+HEADS = {'cnn': 'dense1', 'mlp': 'dense1', 'resnet': 'head', 'simple_cnn': 'dense1', 'vgg': 'head'}
 
 
 @pytest.fixture(scope='module')
@@ -36,6 +39,21 @@ def _num_params(params):
 
 def test_battery_covers_every_model():
   assert set(BATTERY) == set(MODELS)
+  assert set(HEADS) == set(MODELS) - {'autoencoder'}
+
+
+@pytest.mark.parametrize('name', sorted(HEADS))
+def test_every_classifier_taps_the_input_of_its_logits_layer(name):
+  model = build_model(name, BATTERY[name], *DIGITS, seed=0)
+  x = jax.random.uniform(jax.random.key(1), (3, *DIGITS[0]))
+  out, state, taps = model.taps(model.params, model.state, x)
+  assert 'penultimate' in model.feature_names
+  assert tuple(taps['features']) == model.feature_names
+  head = model.params[HEADS[name]]
+  penultimate = taps['features']['penultimate']
+  assert penultimate.shape == (3, head['kernel'].shape[0])
+  np.testing.assert_allclose(out, penultimate @ head['kernel'] + head['bias'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out, model.apply(model.params, model.state, x)[0])
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
@@ -165,7 +183,8 @@ def test_unknown_model_name_lists_known():
 def test_unknown_kwarg_names_config_key():
   with pytest.raises(
     ConfigError,
-    match=r'config\.model\.hidden is set .*: features, dense, dropout, conv_impl, compute_dtype\)$',
+    match=r'config\.model\.hidden is set .*: features, dense, dropout, conv_impl, '
+    r'compute_dtype, width\)$',
   ):
     build_model('cnn', {'hidden': (10,), 'dense': None}, *DIGITS, seed=0)
   with pytest.raises(ConfigError, match=r'config\.model\.rngs'):
@@ -178,7 +197,12 @@ def test_unknown_kwarg_names_config_key():
     ('cnn', {'dropout': (0.5,)}, 'dropout'),
     ('cnn', {'features': (8, 8, 8, 8)}, 'features'),
     ('mlp', {'hidden': (0,)}, 'hidden'),
-    ('resnet', {'depth': 50}, 'depth'),
+    ('resnet', {'depth': 34}, 'depth'),
+    ('resnet', {'depth': 2}, 'depth'),
+    ('resnet', {'width': 0}, 'width'),
+    ('cnn', {'width': -0.5}, 'width'),
+    ('cnn', {'width': float('nan')}, 'width'),
+    ('vgg', {'width': 'half'}, 'width'),
     ('vgg', {'depth': 19}, 'depth'),
   ],
 )
@@ -192,3 +216,87 @@ def test_params_structure_checked(digits_cnn):
   del params['dense1']
   with pytest.raises(ValueError, match='params do not match'):
     digits_cnn.apply(params, {}, jnp.ones((1, *DIGITS[0])))
+
+
+def _cifar_resnet_count(n: int, widths, channels: int, classes: int) -> int:
+  """Parameters of a 6n+2 ResNet by hand: bias-free 3x3 convs, BatchNorm scale + bias."""
+  count = 9 * channels * widths[0] + 2 * widths[0]  # stem conv + BN
+  cin = widths[0]
+  for cout in widths:
+    for _ in range(n):
+      count += 9 * cin * cout + 9 * cout * cout + 4 * cout  # two convs, two BNs
+      cin = cout
+  return count + cin * classes + classes
+
+
+def test_resnet8_param_count_by_hand():
+  # stem 144 + 32; blocks 16->16 4,672, 16->32 13,952, 32->64 55,552; head 650.
+  model = build_model('resnet', {'depth': 8}, (28, 28, 1), 10, seed=0)
+  assert _num_params(model.params) == 176 + 4_672 + 13_952 + 55_552 + 650 == 75_002
+  assert _cifar_resnet_count(1, (16, 32, 64), 1, 10) == 75_002
+  assert len(model.params['blocks']) == 3
+
+
+@pytest.mark.parametrize('depth,count', [(14, 172_218), (20, 269_434)])
+def test_cifar_resnet_family_param_counts(depth, count):
+  model = build_model('resnet', {'depth': depth}, (28, 28, 1), 10, seed=0)
+  assert _num_params(model.params) == _cifar_resnet_count((depth - 2) // 6, (16, 32, 64), 1, 10)
+  assert _num_params(model.params) == count  # the counts in resnet.py's docstring
+  assert len(model.params['blocks']) == 3 * (depth - 2) // 6
+
+
+def test_resnet_width_multiplier_param_count_by_hand():
+  model = build_model('resnet', {'depth': 8, 'width': 0.5}, (28, 28, 1), 10, seed=0)
+  # stem 72 + 16; blocks 8->8 1,184, 8->16 3,520, 16->32 13,952; head 330.
+  assert _num_params(model.params) == 88 + 1_184 + 3_520 + 13_952 + 330 == 19_074
+  assert model.params['stem']['kernel'].shape == (3, 3, 1, 8)
+
+
+def test_resnet_odd_widths_pad_shortcuts():
+  # 16/32/64 x 0.3 -> 5/10/19 channels: option A pads 5 and 9 (odd) channels.
+  model = build_model('resnet', {'depth': 8, 'width': 0.3}, *DIGITS, seed=0)
+  assert _num_params(model.params) == _cifar_resnet_count(1, (5, 10, 19), 1, 10)
+  x = jax.random.normal(jax.random.key(1), (2, *DIGITS[0]))
+  out, _ = model.apply(model.params, model.state, x, train=True, key=jax.random.key(0))
+  assert out.shape == (2, 10) and np.isfinite(out).all()
+
+
+def test_resnet18_width_keeps_projection_shortcuts():
+  model = build_model('resnet', {'depth': 18, 'width': 0.25}, (32, 32, 3), 10, seed=0)
+  assert model.params['blocks'][2]['shortcut_conv']['kernel'].shape == (1, 1, 16, 32)
+  assert model.params['head']['kernel'].shape == (128, 10)
+
+
+def test_cnn_width_multiplier_param_count_by_hand():
+  model = build_model('cnn', {'width': 0.5}, (28, 28, 1), 62, seed=0)
+  # features 16, 32; dense 64.
+  conv0, conv1 = 9 * 1 * 16 + 16, 9 * 16 * 32 + 32
+  dense0, dense1 = 12 * 12 * 32 * 64 + 64, 64 * 62 + 62
+  assert _num_params(model.params) == conv0 + conv1 + dense0 + dense1 == 303_806
+  # Rounded to the nearest width, at least 1.
+  model = build_model('cnn', {'width': 0.3}, *DIGITS, seed=0)
+  assert model.params['conv0']['kernel'].shape == (3, 3, 1, 10)  # 9.6
+  assert model.params['conv1']['kernel'].shape == (3, 3, 10, 19)  # 19.2
+  assert model.params['dense1']['kernel'].shape == (38, 10)  # 38.4
+  model = build_model('simple_cnn', {'width': 0.001}, *DIGITS, seed=0)
+  assert model.params['conv1']['kernel'].shape == (3, 3, 1, 1)
+  assert model.params['dense1']['kernel'].shape == (1, 10)
+
+
+def test_width_one_is_the_default():
+  for name, kwargs in [('cnn', {}), ('resnet', {'depth': 8}), ('vgg', {'depth': 11})]:
+    default = build_model(name, kwargs, *DIGITS, seed=0)
+    one = build_model(name, {**kwargs, 'width': 1}, *DIGITS, seed=0)
+    assert jax.tree.structure(one.params) == jax.tree.structure(default.params)
+    assert jax.tree.structure(one.state) == jax.tree.structure(default.state)
+    assert all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(default.params))
+    )
+
+
+def test_vgg_width_scales_every_conv():
+  model = build_model('vgg', {'depth': 11, 'width': 0.5}, *DIGITS, seed=0)
+  widths = [model.params['convs'][i]['kernel'].shape[-1] for i in range(8)]
+  assert widths == [32, 64, 128, 128, 256, 256, 256, 256]
+  assert model.params['head']['kernel'].shape == (256, 10)
