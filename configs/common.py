@@ -106,6 +106,22 @@ def federated_config() -> ml_collections.ConfigDict:
 FMNIST_PATH = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 
 
+def set_image_data(c: ml_collections.ConfigDict, data: str, *extra: str) -> None:
+  """Sets c.data_name/c.data for 'fmnist' (Debian's idx files), 'cifar10' (TFDS, prepared
+  locally) or one of `extra` ('digits': the embedded 8x8 digits)."""
+  if data == 'fmnist':
+    c.data_name = 'idx'
+    c.data = ml_collections.ConfigDict({'path': FMNIST_PATH})
+  elif data == 'cifar10':
+    c.data_name = 'tfds'
+    c.data = ml_collections.ConfigDict({'name': 'cifar10'})
+  elif data in extra:
+    c.data_name, c.data = data, ml_collections.ConfigDict()
+  else:
+    known = ', '.join(repr(d) for d in ('fmnist', 'cifar10', *extra))
+    raise ValueError(f'data={data!r} must be one of {known}')
+
+
 def fmnist_ten_clients(rounds: int, train_examples: int) -> ml_collections.ConfigDict:
   """Fashion-MNIST (idx) over 10 clients, all in every round: the non-IID studies' setup.
 

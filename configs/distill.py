@@ -25,7 +25,7 @@ from ml_collections import config_dict
 
 from configs import common
 
-LADDER = (0.125, 0.25, 0.5, 1.0)
+LADDER = (0.125, 0.25, 0.5)  # the teacher is width 1
 
 
 def base_config(arg) -> ml_collections.ConfigDict:
@@ -33,16 +33,7 @@ def base_config(arg) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = 'distill'
   c.seed = 0
-  if arg.data == 'fmnist':
-    c.data_name = 'idx'
-    c.data = ml_collections.ConfigDict({'path': common.FMNIST_PATH})
-  elif arg.data == 'cifar10':
-    c.data_name = 'tfds'
-    c.data = ml_collections.ConfigDict({'name': 'cifar10'})
-  elif arg.data == 'digits':
-    c.data_name, c.data = 'digits', ml_collections.ConfigDict()
-  else:
-    raise ValueError(f"data={arg.data!r} must be 'fmnist', 'cifar10' or 'digits'")
+  common.set_image_data(c, arg.data, 'digits')
   c.train_examples = config_dict.placeholder(int)
   c.eval_examples = config_dict.placeholder(int)  # None: the whole test set
   c.teacher_workdir = config_dict.placeholder(str)  # None: train config.teacher here
@@ -85,6 +76,7 @@ def base_config(arg) -> ml_collections.ConfigDict:
   if arg.ladder:
     c.student.widths = LADDER
     c.methods = ('kd',)
+    c.train.steps = 1500
   if arg.data == 'cifar10':  # the Dream Distillation paper's setting: WRN teacher, CIFAR-10
     c.teacher.model = {'depth': 20, 'width': 4.0}
     c.teacher.epochs = 60

@@ -30,14 +30,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.experiment = 'prune'
   c.seed = 0
-  if arg.data == 'fmnist':
-    c.data_name = 'idx'
-    c.data = ml_collections.ConfigDict({'path': common.FMNIST_PATH})
-  elif arg.data == 'cifar10':
-    c.data_name = 'tfds'
-    c.data = ml_collections.ConfigDict({'name': 'cifar10'})
-  else:
-    raise ValueError(f"data={arg.data!r} must be 'fmnist' or 'cifar10'")
+  common.set_image_data(c, arg.data)
   c.train_examples = config_dict.placeholder(int)
   c.eval_examples = config_dict.placeholder(int)  # None: the whole test set
   c.task_name = 'classification'

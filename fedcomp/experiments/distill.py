@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -361,7 +362,7 @@ def _synthesise(ctx, name, batch_fn, labels_of):
   section = ctx.config.dream if name.startswith('dream') else ctx.config.deepinversion
   bs = min(section.batch_size, n)
   batches = -(-n // bs)
-  key = jax.random.fold_in(ctx.key, hash(name) % 2**31)
+  key = jax.random.fold_in(ctx.key, zlib.crc32(name.encode()))  # stable across processes
   xs, ys, t_run, t_first = [], [], 0.0, 0.0
   for b in range(batches):
     k_l, k_x = jax.random.split(jax.random.fold_in(key, b))

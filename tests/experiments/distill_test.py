@@ -127,3 +127,24 @@ def test_every_method_runs_resumes_and_leaves_the_teacher_unchanged(tmp_path):
     recorded = json.load(f)['teacher']
   # The hash of the teacher the run held after distilling equals the saved teacher's.
   assert recorded['fingerprint'] == distill._fingerprint((after.params, after.model_state))
+
+
+def test_data_free_compression_of_a_federated_runs_global_model(tmp_path):
+  # The teacher is a federated run's global model (an mlp on the digits); the clients of
+  # the federated metadata are that run's own partition.
+  from configs import common
+  from fedcomp.experiments import get_run
+
+  fed = common.runlocal(common.federated_config())
+  get_run('federated')(fed, str(tmp_path / 'fed'))
+  config = dream_config.get_config('runlocal')
+  config.teacher_workdir = str(tmp_path / 'fed')
+  config.federated.partition_name = None
+  config.methods = ('dream', 'dream_federated')
+  config.save = 'dream_federated'
+  summary = distill.run(config, str(tmp_path / 'w'))
+  _, extra = md.load(str(tmp_path / 'w' / 'metadata_federated.npz'))
+  assert extra['merged'] == f'{fed.partition.num_clients} clients'
+  assert sum(extra['client_sizes']) == extra['examples']
+  assert summary['teacher']['model_name'] == 'mlp'
+  assert [r['method'] for r in summary['rows']] == ['dream', 'dream_federated']
