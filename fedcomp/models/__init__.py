@@ -10,6 +10,7 @@ statistics (see fedcomp.models.taps), for knowledge distillation and DeepInversi
 """
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 
@@ -62,7 +63,9 @@ class BuiltModel:
       when None) and spatial positions, biased variance, in training and evaluation alike;
       {'running_mean', 'running_var'} (C,) its stored statistics before this call. () for
       models without BatchNorm. Pure, jittable, vmappable, differentiable in params and x.
-    feature_names: the keys of taps['features'] (sorted, as are the features).
+    input_shape: the shape of one example.
+    feature_names (a cached property): the keys of taps['features'] (sorted, as are the
+      features), from an abstract evaluation made on first use.
   """
 
   apply: Callable
@@ -71,7 +74,13 @@ class BuiltModel:
   norm_paths: tuple[str, ...]
   flops_per_example: int
   taps: Callable
-  feature_names: tuple[str, ...]
+  input_shape: tuple[int, ...]
+
+  @functools.cached_property
+  def feature_names(self) -> tuple[str, ...]:
+    x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+    fn = lambda p, s, x: self.taps(p, s, x)[2]['features']  # noqa: E731
+    return tuple(sorted(jax.eval_shape(fn, self.params, self.state, x)))
 
 
 def _options_signature(model_cls) -> Callable:
@@ -183,7 +192,6 @@ def build_model(
 
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   flops = count_matmul_flops(lambda p, s, x: apply(p, s, x)[0], params, state, x)
-  features = jax.eval_shape(lambda p, s, x: taps_fn(p, s, x)[2]['features'], params, state, x)
   return BuiltModel(
     apply=apply,
     params=params,
@@ -191,5 +199,5 @@ def build_model(
     norm_paths=_norm_param_paths(abstract),
     flops_per_example=flops,
     taps=taps_fn,
-    feature_names=tuple(sorted(features)),
+    input_shape=input_shape,
   )
