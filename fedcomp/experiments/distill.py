@@ -404,7 +404,7 @@ def dream_transfer(ctx, meta: md.Metadata, name: str):
   @jax.jit
   def batch(meta, key, labels):
     k_t, k_x, k_o = jax.random.split(key, 3)
-    targets = dream.targets_for(meta, k_t, labels, d.spread)
+    targets = md.targets_for_labels(meta, k_t, labels, d.spread)
     x0 = synthesis.noise_inputs(k_x, labels.shape[0], ctx.shape, ctx.stats)
     return synthesis.optimise_inputs(loss_fn, x0, (targets, labels), k_o, opts, ctx.stats)
 

@@ -149,7 +149,7 @@ def test_dream_targets_follow_the_metadata():
     total=jnp.array([4.0, 4.0]),
   )
   labels = jnp.array([0] * 2000 + [1] * 2000)
-  t = np.asarray(dream.targets_for(meta, jax.random.key(0), labels, spread=1.0))
+  t = np.asarray(md.targets_for_labels(meta, jax.random.key(0), labels, spread=1.0))
   c0, c1 = t[:2000], t[2000:]
   # class 0: only cluster 0 (count 4 vs 0), spread along axis 0 with std 2.
   np.testing.assert_allclose(c0[:, 1:], 0.0, atol=1e-6)

@@ -101,18 +101,3 @@ def dream_loss(model, params, state, layer: str, class_weight: float = 0.0) -> C
     return loss, {'match': match.mean(), 'ce': ce.mean()}
 
   return loss_fn
-
-
-def targets_for(meta: md.Metadata, key: jax.Array, labels: jax.Array, spread: float) -> jax.Array:
-  """(B, D) activation targets for dreams of the given classes (original ids).
-
-  For each label c: a cluster j of class c drawn with probability ∝ counts[c, j], then
-  t = centroids[c, j] + spread · Σ_m z_m √variances[c, m] · components[c, m], z ~ N(0, I).
-  """
-  k_c, k_z = jax.random.split(key)
-  logits = jnp.log(meta.counts[labels])  # zero counts: -inf, never drawn
-  j = jax.random.categorical(k_c, logits)
-  centre = meta.centroids[labels, j]
-  z = jax.random.normal(k_z, meta.variances[labels].shape)
-  scale = z * jnp.sqrt(jnp.maximum(meta.variances[labels], 0.0)) * spread
-  return centre + jnp.einsum('br,brd->bd', scale, meta.components[labels])

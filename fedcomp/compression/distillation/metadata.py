@@ -278,7 +278,7 @@ def sample_targets(
   Returns:
     targets (n, D) float32 and labels (n,) int32, the original class ids.
   """
-  k_class, k_cluster, k_noise = jax.random.split(key, 3)
+  k_class, k_rest = jax.random.split(key)
   if classes is None:
     present = jnp.asarray(meta.total > 0, jnp.float32)
     labels = _draw(k_class, jnp.broadcast_to(present, (n, present.shape[0])))
@@ -286,11 +286,18 @@ def sample_targets(
     ids = jnp.asarray(classes, jnp.int32)
     labels = ids[jax.random.randint(k_class, (n,), 0, len(classes))]
   labels = labels.astype(jnp.int32)
-  cluster = _draw(k_cluster, meta.counts[labels])
-  eps = jax.random.normal(k_noise, (n, meta.variances.shape[1]), jnp.float32)
+  return targets_for_labels(meta, k_rest, labels, spread), labels
+
+
+def targets_for_labels(meta: Metadata, key: jax.Array, labels: jax.Array, spread: float):
+  """(B, D) targets for the given classes (original ids): per label c, a cluster j drawn
+  ∝ counts[c, j] (count 0: never), then μ_cj + spread · Σ_m ε_m √λ_cm v_cm, ε ~ N(0, 1)."""
+  k_cluster, k_noise = jax.random.split(key)
+  cluster = jax.random.categorical(k_cluster, jnp.log(meta.counts[labels]))
+  eps = jax.random.normal(k_noise, meta.variances[labels].shape, jnp.float32)
   coef = eps * jnp.sqrt(jnp.maximum(meta.variances[labels], 0.0))
   deviation = jnp.einsum('nr,nrd->nd', coef, meta.components[labels], precision=_HIGHEST)
-  return meta.centroids[labels, cluster] + spread * deviation, labels
+  return meta.centroids[labels, cluster] + spread * deviation
 
 
 def save(path: str, meta: Metadata, extra: dict[str, Any] | None = None) -> int:
