@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import ml_collections
 
 from fedcomp import models
@@ -136,7 +137,10 @@ def _load_federated(workdir: str) -> SavedModel:
   try:
     setup = federated.build(config)
     state = trainer.TrainState(*rd.restore(step, tuple(trainer.initial_state(setup))))
-    params, model_state = trainer.global_model(setup, state)
+    # On the host: the run's arrays live on its mesh (replicated over its devices), and a
+    # program of a later tool over them would run on all of those devices (on CPU, fake
+    # devices sharing two cores deadlocked in k-means' loops).
+    params, model_state = jax.device_get(trainer.global_model(setup, state))
   finally:
     rd.close()
   meta = describe(

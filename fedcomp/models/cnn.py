@@ -115,10 +115,13 @@ class Model(nnx.Module):
       conv = getattr(self, f'conv{i}')
       h = im2col.apply_conv(conv, h, im2col=use_im2col, dtype=self.compute_dtype)
       h = jax.nn.relu(h)
-    h = nnx.max_pool(h, (2, 2), strides=(2, 2))
-    h = self.drop0(h, deterministic=not train, rngs=r0)
+    h = nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2))
+    # Dropout only when training: the inference graph (and an export of it) has none.
+    if train:
+      h = self.drop0(h, rngs=r0)
     h = h.reshape(h.shape[0], -1)
     h = jax.nn.relu(self.dense0(h))
-    h = self.drop1(h, deterministic=not train, rngs=r1)
+    if train:
+      h = self.drop1(h, rngs=r1)
     feature('penultimate', h)
     return self.dense1(h).astype(jnp.float32)

@@ -79,7 +79,7 @@ class Model(nnx.Module):
     h, i = x, 0
     for item in self.plan:
       if item == POOL:
-        h = nnx.max_pool(h, (2, 2), strides=(2, 2), padding='SAME')
+        h = nnx.max_pool(h, window_shape=(2, 2), strides=(2, 2), padding='SAME')
       else:
         h = jax.nn.relu(ctx.norm(self.norms[i], ctx.conv(self.convs[i], h)))
         i += 1

@@ -25,6 +25,8 @@ CONFIG_ARGS = {
   'prune': ['runlocal', 'runlocal,scorers=all'],
   'fed_prune': ['scorer=magnitude,runlocal', 'scorer=fishleg,runlocal'],
   'sweep_noniid': ['runlocal'],
+  'distill': ['runlocal'],
+  'dream': ['runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 # Smoke runs of minutes whose code paths faster tests cover (federated pruning:
@@ -76,6 +78,9 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
   if config.experiment == 'prune':
     check_prune_run(config, summary, tmp_path)
     return
+  if config.experiment == 'distill':
+    check_distill_run(config, summary, tmp_path)
+    return
   if config.experiment == 'divergence':
     assert set(summary['partitions']) == {'iid', '1class'}
     assert all(np.isfinite(p['divergence_all']) for p in summary['partitions'].values())
@@ -99,6 +104,26 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
     zeros = sum(int((np.asarray(k) == 0).sum()) for k in kernels)
     assert abs(zeros / sum(k.size for k in kernels) - config.pruning.sparsity) < 1e-3
     assert summary['pruning/sparsity'] == pytest.approx(config.pruning.sparsity, abs=1e-3)
+
+
+def check_distill_run(config, summary, tmp_path):
+  """One row per method and width in distill.csv; model/ holds the saved student."""
+  import csv
+
+  from fedcomp.core.saved_model import load_model
+
+  with open(tmp_path / 'distill.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['method'], float(r['width'])) for r in rows] == [
+    (m, w) for m in config.methods for w in config.student.widths
+  ]
+  assert all(0.0 <= float(r['accuracy']) <= 1.0 for r in rows)
+  saved = load_model(str(tmp_path))
+  assert saved.meta['method'] == config.save
+  assert saved.params['head']['kernel'].shape[-1] == len(summary['classes'])
+  if 'dream' in config.methods:
+    assert (tmp_path / 'dreams.png').exists()
+    assert summary['metadata_bytes']['metadata.npz'] == (tmp_path / 'metadata.npz').stat().st_size
 
 
 def check_prune_run(config, summary, tmp_path):

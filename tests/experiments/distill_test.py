@@ -86,7 +86,6 @@ def test_an_empty_or_foreign_class_subset_fails_in_one_line(tmp_path):
   assert not os.listdir(tmp_path / 'b') if os.path.exists(tmp_path / 'b') else True
 
 
-@pytest.mark.slow  # timed out (800 s) under a concurrent run at the last check; see the note
 def test_every_method_runs_resumes_and_leaves_the_teacher_unchanged(tmp_path):
   w = str(tmp_path / 'run')
   config = dream_config.get_config('runlocal')
@@ -130,7 +129,6 @@ def test_every_method_runs_resumes_and_leaves_the_teacher_unchanged(tmp_path):
   assert recorded['fingerprint'] == distill._fingerprint((after.params, after.model_state))
 
 
-@pytest.mark.slow  # timed out (800 s) under a concurrent run at the last check; see the note
 def test_data_free_compression_of_a_federated_runs_global_model(tmp_path):
   # The teacher is a federated run's global model (an mlp on the digits); the clients of
   # the federated metadata are that run's own partition.

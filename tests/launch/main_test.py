@@ -16,8 +16,10 @@ CONFIGS = sorted(
   f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('.py') and f[0] != '_'
 )
 CONFIGS.remove('common.py')
-# Configs of federated runs (the optimizers experiment's config has no federated fields).
-FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith(('fishleg_autoencoder', 'prune'))]
+# Configs of federated runs (the optimizers, prune and distill experiments' configs have no
+# federated fields).
+NOT_FEDERATED = ('fishleg_autoencoder', 'prune', 'distill', 'dream')
+FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith(NOT_FEDERATED)]
 
 
 def parse(*argv):
@@ -52,6 +54,8 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
     assert config.total_steps <= 50
   elif config.experiment == 'prune':
     assert config.dense.epochs == 1 and config.prune.gradual_steps <= 50
+  elif config.experiment == 'distill':
+    assert config.teacher.epochs <= 2 and config.train.steps <= 50
   else:
     assert config.total_rounds <= 3
 
