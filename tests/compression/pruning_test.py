@@ -295,8 +295,12 @@ def test_masked_fishleg_fits_the_inverse_of_the_fisher_restricted_to_live_weight
   restricted = np.diag(np.linalg.inv(f_gamma[np.ix_(alive, alive)]))
   full = np.diag(np.linalg.inv(f_gamma))[alive]
   got = _flat(curv[1])[alive]
-  np.testing.assert_allclose(got, restricted, rtol=2e-3)
+  # The stochastic aux fit (Gaussian probes, Adam lr 3e-3) ends with ~0.3% noise on equal
+  # entries (measured: 8.9069 to 8.9141 for one value), machine-dependent through float
+  # summation order; the restriction moves some entries by more than 2%.
+  np.testing.assert_allclose(got, restricted, rtol=6e-3)
   assert np.abs(full / restricted - 1).max() > 0.02  # the restriction matters here
+  assert np.abs(got / restricted - 1).max() < np.abs(got / full - 1).max() / 3
 
 
 def test_fishleg_warm_start_sets_diag_q_to_the_inverse_damped_fisher_diagonal():

@@ -27,6 +27,7 @@ CONFIG_ARGS = {
   'sweep_noniid': ['runlocal'],
   'distill': ['runlocal'],
   'dream': ['runlocal'],
+  'export': ['runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 # Smoke runs of minutes whose code paths faster tests cover (federated pruning:
@@ -68,8 +69,15 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
   config = importlib.import_module(f'configs.{name}').get_config(arg.removesuffix(',scorers=all'))
   if name == 'prune' and not all_scorers:
     config = with_overrides(config, PRUNE_FAST)
-  if config.data_name == 'idx' and not os.path.exists(config.data.path):
+  if config.get('data_name') == 'idx' and not os.path.exists(config.data.path):
     pytest.skip(f'{config.data.path} missing (apt-get install dataset-fashion-mnist)')
+  if config.experiment == 'export':  # exports a federated run made here
+    config.source_workdir = str(tmp_path / 'source')
+    get_run('federated')(common.runlocal(common.federated_config()), config.source_workdir)
+    report = get_run('export')(config, str(tmp_path / 'export'))
+    assert set(report['artifacts']) == {'jax', 'stablehlo', 'onnx', 'onnx_int8'}
+    assert report['artifacts']['stablehlo']['bit_equal']
+    return
   summary = get_run(config.experiment)(config, str(tmp_path))
   if config.experiment == 'optimizers':
     assert set(summary['best']) == {'fishleg', 'adam', 'momentum'}

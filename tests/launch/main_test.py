@@ -16,9 +16,9 @@ CONFIGS = sorted(
   f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('.py') and f[0] != '_'
 )
 CONFIGS.remove('common.py')
-# Configs of federated runs (the optimizers, prune and distill experiments' configs have no
-# federated fields).
-NOT_FEDERATED = ('fishleg_autoencoder', 'prune', 'distill', 'dream')
+# Configs of federated runs (the optimizers, prune, distill and export experiments' configs
+# have no federated fields).
+NOT_FEDERATED = ('fishleg_autoencoder', 'prune', 'distill', 'dream', 'export')
 FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith(NOT_FEDERATED)]
 
 
@@ -56,6 +56,8 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
     assert config.dense.epochs == 1 and config.prune.gradual_steps <= 50
   elif config.experiment == 'distill':
     assert config.teacher.epochs <= 2 and config.train.steps <= 50
+  elif config.experiment == 'export':
+    assert config.latency_repeats <= 50
   else:
     assert config.total_rounds <= 3
 
