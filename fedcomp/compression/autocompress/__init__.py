@@ -1,0 +1,12 @@
+"""Automatic compression (in progress, issue 15): N2N's rewards and two-stage REINFORCE
+policy. The search experiment, candidate materialisation and the latency table are to come."""
+
+from fedcomp.compression.autocompress.policy import Episode, TwoStagePolicy, reinforce
+from fedcomp.compression.autocompress.reward import (
+  RewardWeights,
+  n2n_reward,
+  weighted_reward,
+)
+
+__all__ = ['Episode', 'RewardWeights', 'TwoStagePolicy', 'n2n_reward', 'reinforce',
+           'weighted_reward']  # fmt: skip
