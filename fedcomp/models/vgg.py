@@ -5,7 +5,8 @@ between the stages, global average pooling and one dense layer to the logits: th
 the CIFAR pruning and distillation literature. Max-pools pad like ceil mode, so 28x28
 inputs reach 1x1 after the five pools (28 -> 14 -> 7 -> 4 -> 2 -> 1) as 32x32 ones do.
 Parameters for 32x32x3 inputs and 10 classes: VGG-11 9,231,114; VGG-16 14,728,266.
-`width` multiplies every conv's channel count (students for distillation).
+`width` multiplies every conv's channel count (students for distillation); `plan` gives the
+layers explicitly (channel counts and 'M' pools), e.g. a searched student's.
 
 References: Simonyan & Zisserman 2015, "Very Deep Convolutional Networks for Large-Scale
 Image Recognition" (ICLR), configurations A and D; Ioffe & Szegedy 2015 (BatchNorm).
@@ -29,6 +30,12 @@ CONFIGS = {
 }
 
 
+def resolve_plan(depth: int, width: float, plan: Sequence[int | str] | None) -> tuple:
+  """The layer plan (channel counts and POOL) of the given options (checked by Model)."""
+  base = tuple(plan) if plan is not None else CONFIGS[depth]
+  return tuple(i if i == POOL else widths.scale(i, width) for i in base)
+
+
 class Model(nnx.Module):
   """[conv3x3-BN-ReLU]* with max-pools -> global average pool -> dense logits."""
 
@@ -41,6 +48,7 @@ class Model(nnx.Module):
     depth: int = 16,
     conv_impl: str = 'auto',
     width: float = 1.0,
+    plan: Sequence[int | str] | None = None,
   ):
     """Creates the layers.
 
@@ -52,8 +60,21 @@ class Model(nnx.Module):
       conv_impl: 'xla', 'im2col' or 'auto' (see fedcomp.models.im2col) (config.model.conv_impl).
       width: multiplier of every conv's channel count, each rounded and at least 1
         (config.model.width).
+      plan: the layers instead of depth's: conv channel counts (positive ints) and 'M'
+        (2x2 max-pool), in order, at least one conv; width still multiplies them
+        (config.model.plan).
     """
-    if depth not in CONFIGS:
+    if plan is not None:
+      plan = tuple(plan)
+      bad = [
+        i for i in plan if i != POOL and (not isinstance(i, int) or isinstance(i, bool) or i < 1)
+      ]
+      if bad or not any(i != POOL for i in plan):
+        raise ConfigError(
+          f'config.model.plan={list(plan)} must hold positive channel counts and {POOL!r} '
+          'pools, at least one conv'
+        )
+    elif depth not in CONFIGS:
       raise ConfigError(
         f'config.model.depth={depth!r} is unknown; known: {", ".join(map(str, CONFIGS))}'
       )
@@ -61,7 +82,7 @@ class Model(nnx.Module):
     if len(input_shape) != 3:
       raise ConfigError(f'model vgg needs (H, W, C) examples, got input shape {input_shape}')
     self.conv_impl = im2col.resolve_conv_impl(conv_impl)
-    self.plan = tuple(i if i == POOL else widths.scale(i, width) for i in CONFIGS[depth])
+    self.plan = resolve_plan(depth, width, plan)
     convs, norms, cin = [], [], input_shape[-1]
     for item in self.plan:
       if item == POOL:

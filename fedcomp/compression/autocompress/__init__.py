@@ -1,5 +1,6 @@
-"""Automatic compression (in progress, issue 15): N2N's rewards and two-stage REINFORCE
-policy. The search experiment, candidate materialisation and the latency table are to come."""
+"""Automatic compression (in progress, issue 15): N2N's rewards (reward.py), the two-stage
+REINFORCE policy (policy.py), and a VGG teacher's search space with candidates materialised
+or masked (space.py). The search experiment and the latency table are to come."""
 
 from fedcomp.compression.autocompress.policy import Episode, TwoStagePolicy, reinforce
 from fedcomp.compression.autocompress.reward import (

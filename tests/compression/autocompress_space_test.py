@@ -1,0 +1,74 @@
+"""A candidate student computes the same function materialised as a real vgg and as
+masks over its teacher (no fine-tuning), also vmapped over candidates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedcomp import models
+from fedcomp.compression.autocompress import space as sp
+from fedcomp.errors import ConfigError
+
+PLAN = (8, 'M', 16, 16, 'M', 24, 24, 'M')
+RATIOS = (0.25, 0.5, 1.0)
+
+
+@pytest.fixture(scope='module')
+def teacher():
+  model = models.build_model('vgg', {'plan': PLAN}, (16, 16, 3), 10, seed=0)
+  rng = np.random.default_rng(0)
+  state = jax.tree.map(lambda a: np.asarray(a) + rng.uniform(0.1, 0.5, a.shape), model.state)
+  state = jax.tree.map(lambda a: a.astype(np.float32), state)
+  space = sp.vgg_space({'plan': PLAN}, model.params, RATIOS)
+  x = rng.uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
+  return model, state, space, x
+
+
+def test_the_space_of_a_vgg():
+  model = models.build_model('vgg', {'plan': PLAN}, (16, 16, 3), 10, seed=0)
+  space = sp.vgg_space({'plan': PLAN}, model.params, RATIOS)
+  np.testing.assert_array_equal(space.channels, [8, 16, 16, 24, 24])
+  np.testing.assert_array_equal(space.removable, [False, False, True, False, True])
+  assert space.candidate_plan([True, True, False, True, True], [0, 1, 2, 2, 0]) == (
+    2, 'M', 8, 'M', 24, 6, 'M',
+  )  # fmt: skip
+  # Channel order: descending L1 norm of each output channel's kernel.
+  norms = np.abs(np.asarray(model.params['convs'][1]['kernel'])).sum((0, 1, 2))
+  assert norms[space.order[1][0]] == norms.max()
+  assert space.embeddings().shape == (5, 6)
+
+
+@pytest.mark.parametrize('classes', [None, (2, 5, 7)])
+def test_materialised_and_masked_candidates_compute_the_same_function(teacher, classes):
+  model, state, space, x = teacher
+  rng = np.random.default_rng(1)
+  candidates = []
+  for _ in range(4):
+    keep = rng.random(5) < 0.5
+    keep[~space.removable] = True
+    candidates.append((keep, rng.integers(0, len(RATIOS), 5)))
+  masked = jax.jit(
+    jax.vmap(lambda k, r: sp.masked_forward(space, model.params, state, x, k, r, classes))
+  )(jnp.asarray(np.stack([c[0] for c in candidates])),
+    jnp.asarray(np.stack([c[1] for c in candidates])))  # fmt: skip
+  for n, (keep, ratio) in enumerate(candidates):
+    plan, params, st = sp.materialize(space, model.params, state, keep, ratio, classes)
+    num = 10 if classes is None else len(classes)
+    student = models.build_model('vgg', {'plan': plan}, (16, 16, 3), num, seed=0)
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, student.params)
+    logits = student.apply(params, st, x)[0]
+    np.testing.assert_allclose(np.asarray(masked[n]), np.asarray(logits), atol=1e-5, rtol=1e-5)
+
+
+def test_the_full_candidate_is_the_teacher(teacher):
+  model, state, space, x = teacher
+  keep, ratio = jnp.ones(5, bool), jnp.full(5, len(RATIOS) - 1)
+  got = sp.masked_forward(space, model.params, state, x, keep, ratio)
+  np.testing.assert_allclose(got, model.apply(model.params, state, x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_bad_ratios_fail_in_one_line(teacher):
+  model = teacher[0]
+  with pytest.raises(ConfigError, match=r'ratios=\[0.0, 1.0\] must be in \(0, 1\]'):
+    sp.vgg_space({'plan': PLAN}, model.params, (0.0, 1.0))
