@@ -72,3 +72,27 @@ def test_bad_ratios_fail_in_one_line(teacher):
   model = teacher[0]
   with pytest.raises(ConfigError, match=r'ratios=\[0.0, 1.0\] must be in \(0, 1\]'):
     sp.vgg_space({'plan': PLAN}, model.params, (0.0, 1.0))
+
+
+def test_latency_signatures_by_hand_and_the_table_measures_each_layer_once(tmp_path, monkeypatch):
+  from fedcomp.compression.autocompress import latency
+
+  sigs = latency.vgg_signatures((8, 'M', 16, 'M', 16, 'M'), (28, 28, 1), 10)
+  assert sigs == [
+    ('conv', 28, 28, 1, 8), ('pool', 28, 28, 8), ('conv', 14, 14, 8, 16), ('pool', 14, 14, 16),
+    ('conv', 7, 7, 16, 16), ('pool', 7, 7, 16), ('gap', 4, 4, 16), ('head', 16, 10),
+  ]  # fmt: skip
+  calls = []
+
+  def fake_time(fn, shape, threads, repeats):
+    calls.append(tuple(shape))
+    return 1.0 + len(calls)  # distinct per measurement
+
+  monkeypatch.setattr(latency, 'time_onnx', fake_time)
+  table = latency.LatencyTable(str(tmp_path / 'lat.json'), repeats=5)
+  first = table.predict(sigs, (28, 28, 1))
+  assert len(calls) == len(set(sigs)) + 1  # every distinct layer and the overhead, once
+  # overhead (first measurement: 2.0) + each layer's latency above it.
+  assert first == pytest.approx(2.0 + sum(range(1, len(calls))))
+  again = latency.LatencyTable(str(tmp_path / 'lat.json')).predict(sigs, (28, 28, 1))
+  assert again == first and len(calls) == len(set(sigs)) + 1  # read from the cache

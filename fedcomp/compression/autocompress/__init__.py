@@ -1,6 +1,8 @@
 """Automatic compression (in progress, issue 15): N2N's rewards (reward.py), the two-stage
 REINFORCE policy (policy.py), and a VGG teacher's search space with candidates materialised
-or masked (space.py). The search experiment and the latency table are to come."""
+or masked (space.py), and the per-layer onnxruntime latency table (latency.py). The search
+experiment (materialised vs masked candidates measured, class subsets, policy reuse) is to
+come."""
 
 from fedcomp.compression.autocompress.policy import Episode, TwoStagePolicy, reinforce
 from fedcomp.compression.autocompress.reward import (
