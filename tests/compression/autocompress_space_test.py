@@ -18,10 +18,16 @@ RATIOS = (0.25, 0.5, 1.0)
 def teacher():
   model = models.build_model('vgg', {'plan': PLAN}, (16, 16, 3), 10, seed=0)
   rng = np.random.default_rng(0)
-  state = jax.tree.map(lambda a: np.asarray(a) + rng.uniform(0.1, 0.5, a.shape), model.state)
-  state = jax.tree.map(lambda a: a.astype(np.float32), state)
+  # Running statistics away from (0, 1) but small next to the activations (a large mean
+  # shift would zero every ReLU and make every candidate compute 0).
+  norms = {
+    i: {'mean': rng.normal(0, 0.02, s['mean'].shape), 'var': rng.uniform(0.5, 1.5, s['var'].shape)}
+    for i, s in model.state['norms'].items()
+  }
+  state = jax.tree.map(lambda a: np.asarray(a, np.float32), {'norms': norms})
   space = sp.vgg_space({'plan': PLAN}, model.params, RATIOS)
   x = rng.uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
+  assert np.asarray(model.apply(model.params, state, x)[0]).std() > 1e-2  # a live teacher
   return model, state, space, x
 
 
@@ -59,6 +65,7 @@ def test_materialised_and_masked_candidates_compute_the_same_function(teacher, c
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, student.params)
     logits = student.apply(params, st, x)[0]
     np.testing.assert_allclose(np.asarray(masked[n]), np.asarray(logits), atol=1e-5, rtol=1e-5)
+  assert np.asarray(masked).std(axis=0).max() > 1e-3  # the candidates differ
 
 
 def test_the_full_candidate_is_the_teacher(teacher):
@@ -96,3 +103,37 @@ def test_latency_signatures_by_hand_and_the_table_measures_each_layer_once(tmp_p
   assert first == pytest.approx(2.0 + sum(range(1, len(calls))))
   again = latency.LatencyTable(str(tmp_path / 'lat.json')).predict(sigs, (28, 28, 1))
   assert again == first and len(calls) == len(set(sigs)) + 1  # read from the cache
+
+
+def test_distilled_masked_candidates_learn_alone_and_materialise_to_the_same_function(teacher):
+  from fedcomp.compression.autocompress import candidates as cand
+
+  model, state, space, x = teacher
+  rng = np.random.default_rng(2)
+  data = rng.uniform(0, 1, (64, 16, 16, 3)).astype(np.float32)
+  # A sharper random teacher (its initial logits are nearly uniform: nothing to distil).
+  tparams = dict(model.params, head=jax.tree.map(lambda a: 30.0 * a, model.params['head']))
+  teacher_logits = model.apply(tparams, state, data)[0]
+  keep = jnp.asarray([[1, 1, 0, 1, 1], [1, 1, 1, 1, 0]], bool)
+  ratio = jnp.asarray([[0, 1, 2, 0, 1], [1, 0, 0, 2, 2]], jnp.int32)
+  kw = dict(steps=30, batch_size=16, learning_rate=3e-3, temperature=2.0, key=jax.random.key(0))
+  train = jax.jit(lambda k, r: cand.distill_masked(space, tparams, state, k, r, data,
+                                                   teacher_logits, **kw))  # fmt: skip
+  params, losses = train(keep, ratio)
+  losses = np.asarray(losses)
+  assert (losses[:, -5:].mean(1) < 0.5 * losses[:, :5].mean(1)).all()  # both learn
+  # Candidate 1 trained alone ends where it ended in the batch: candidates do not interact.
+  alone, _ = train(keep[1:], ratio[1:])
+  for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(params)):
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[1]), atol=1e-6)
+  # The trained candidate, materialised, computes what its masked form computes.
+  p1 = jax.tree.map(lambda a: a[1], params)
+  plan, mp, ms = sp.materialize(space, p1, state, np.asarray(keep[1]), np.asarray(ratio[1]))
+  student = models.build_model('vgg', {'plan': plan}, (16, 16, 3), 10, seed=0)
+  np.testing.assert_allclose(
+    np.asarray(student.apply(mp, ms, x)[0]),
+    np.asarray(sp.masked_forward(space, p1, state, x, keep[1], ratio[1])), atol=1e-5, rtol=1e-5,
+  )  # fmt: skip
+  acc = cand.evaluate_masked(space, params, state, keep, ratio, data,
+                             np.asarray(teacher_logits.argmax(-1)), batch_size=32)  # fmt: skip
+  assert acc.shape == (2,) and (np.asarray(acc) > 0.3).all()

@@ -1,0 +1,77 @@
+"""A batch of candidate students distilled and evaluated in one compiled program, as masks
+over their teacher.
+
+Each candidate starts from the teacher's weights; its loss is knowledge distillation
+against the teacher's logits through `space.masked_forward`, so the gradients of dropped
+channels and removed convs are exactly zero and Adam leaves them unchanged: materialising a
+trained candidate (`space.materialize` of its params) gives the same function. Candidates
+are vmapped; steps are a `lax.scan`; every candidate sees the same minibatches. BatchNorm
+runs in inference mode with the teacher's statistics (its scale and shift train).
+
+References: Ashok et al. 2018, "N2N Learning" (ICLR): candidates distilled from the
+teacher for a short budget; Hinton et al. 2015 (knowledge distillation).
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedcomp.compression.autocompress.space import SearchSpace, masked_forward
+from fedcomp.compression.distillation.kd import distillation_loss
+
+
+def distill_masked(
+  space: SearchSpace, params, state, keep, ratio, x, teacher_logits, *, steps: int,
+  batch_size: int, learning_rate: float, temperature: float, key,
+  classes: Sequence[int] | None = None,
+):  # fmt: skip
+  """Distils K candidates (the leading axis of keep (K, L) and ratio (K, L)).
+
+  Args:
+    space: the SearchSpace; params, state: the teacher's.
+    keep, ratio: the candidates.
+    x: (N, ...) transfer inputs; teacher_logits: (N, C') the teacher's logits on them
+      (restricted to `classes`).
+    steps, batch_size, learning_rate, temperature: the KD budget (Adam).
+    key: minibatch sampling (shared by all candidates).
+    classes: the deployment's classes (the candidates' heads), or None.
+
+  Returns:
+    (params stacked over K, losses (K, steps)).
+  """
+  tx = optax.adam(learning_rate)
+  x, teacher_logits = jnp.asarray(x), jnp.asarray(teacher_logits)
+  n = x.shape[0]
+
+  def train_one(keep_k, ratio_k):
+    def loss_fn(p, xb, tb):
+      logits = masked_forward(space, p, state, xb, keep_k, ratio_k, classes)
+      return distillation_loss(logits, tb, None, temperature, 0.0).mean()
+
+    def step(carry, i):
+      p, opt = carry
+      rows = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
+      loss, grads = jax.value_and_grad(loss_fn)(p, x[rows], teacher_logits[rows])
+      updates, opt = tx.update(grads, opt, p)
+      return (optax.apply_updates(p, updates), opt), loss
+
+    (p, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
+    return p, losses
+
+  return jax.vmap(train_one)(keep, ratio)
+
+
+def evaluate_masked(space: SearchSpace, params, state, keep, ratio, x, y, *,
+                    batch_size: int = 500, classes: Sequence[int] | None = None):  # fmt: skip
+  """Accuracy (K,) of K candidates (params stacked over K) on (x, y), in batches."""
+
+  def correct(p, k, r, xb, yb):
+    return (masked_forward(space, p, state, xb, k, r, classes).argmax(-1) == yb).sum()
+
+  per_candidate = jax.vmap(correct, in_axes=(0, 0, 0, None, None))
+  total = jnp.zeros(keep.shape[0], jnp.int32)
+  for i in range(0, x.shape[0], batch_size):
+    total = total + per_candidate(params, keep, ratio, x[i : i + batch_size], y[i : i + batch_size])
+  return total / x.shape[0]
