@@ -51,13 +51,14 @@ from fedcomp import data as fdata
 from fedcomp import models, tasks
 from fedcomp.compression.distillation import deepinversion, dream, subset, synthesis
 from fedcomp.compression.distillation import metadata as md
-from fedcomp.core.centralised import make_step_chunk, train_epochs
+from fedcomp.core.centralised import make_step_chunk
 from fedcomp.core.evaluation import make_evaluator
 from fedcomp.core.optimizer_step import OptimizerStep
 from fedcomp.core.run_dir import RunDir, write_json_atomic
-from fedcomp.core.saved_model import MODEL_JSON, describe, load_model, read_meta, save_model
+from fedcomp.core.saved_model import MODEL_JSON, describe, load_model, save_model
 from fedcomp.data.federated import as_batch, build_federated_data
 from fedcomp.data.subset import subsample
+from fedcomp.experiments._teacher import load_or_train_teacher
 from fedcomp.optim import make_tx
 from fedcomp.registry import ConfigError, check_known_keys, lookup
 
@@ -163,51 +164,6 @@ def _fingerprint(tree) -> str:
   for leaf in jax.tree.leaves(tree):
     h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
   return h.hexdigest()
-
-
-def _teacher(config, rd, dataset, check):
-  """(BuiltModel, params, state, meta) of the teacher: workdir/teacher if there (a rerun),
-  else loaded from teacher_workdir, else trained here and saved in workdir/teacher.
-  `check(model)` runs on the built teacher before anything is trained or written; then the
-  config is recorded."""
-  workdir = rd.workdir
-  shape = dataset.train['x'].shape[1:]
-  own = os.path.join(workdir, 'teacher')
-  source = config.teacher_workdir
-  if source is None and os.path.exists(os.path.join(own, MODEL_JSON)):
-    source = own
-  if source is not None:
-    meta = read_meta(source)  # checked before anything is built (a federated run: after)
-    if meta is not None:
-      _check_fit(config, meta, shape, dataset.num_classes)
-    saved = load_model(source)
-    _check_fit(config, saved.meta, shape, dataset.num_classes)
-    check(saved.model)
-    rd.record_config()
-    return saved.model, saved.params, saved.model_state, saved.meta
-  t = config.teacher
-  model = models.build_model(t.model_name, t.model, shape, dataset.num_classes, config.seed)
-  check(model)
-  rd.record_config()
-  train = {k: jnp.asarray(v) for k, v in as_batch(dataset.train).items() if k in ('x', 'y')}
-  params, state = train_epochs(
-    tasks.make_task('classification'), model.apply, model.params, model.state, train,
-    epochs=t.epochs, batch_size=t.batch_size, tx=make_tx(t.tx_name, t.tx, 'teacher.tx'),
-    key=jax.random.key(config.seed), name='teacher',
-  )  # fmt: skip
-  meta = describe(t.model_name, t.model, shape, dataset.num_classes, config.seed)
-  meta['epochs'] = t.epochs
-  save_model(own, params, state, meta)
-  return model, params, state, meta
-
-
-def _check_fit(config, meta, shape, num_classes) -> None:
-  if tuple(meta['input_shape']) != tuple(shape) or meta['num_classes'] != num_classes:
-    raise ConfigError(
-      f'the teacher ({meta["model_name"]!r}) takes inputs {tuple(meta["input_shape"])} with '
-      f'{meta["num_classes"]} classes, but config.data_name={config.data_name!r} has inputs '
-      f'{tuple(shape)} with {num_classes} classes: a student must fit its teacher'
-    )
 
 
 class _Context:
@@ -545,7 +501,7 @@ def _run(config, rd: RunDir) -> dict:
     if 'deepinversion' in config.methods:
       deepinversion.check_teacher(model, shape)
 
-  teacher = _teacher(config, rd, dataset, check)
+  teacher = load_or_train_teacher(config, rd, dataset, check)
   ctx = _Context(config, rd, dataset, teacher, classes)
   before = _fingerprint((ctx.params, ctx.state))
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('clients',))

@@ -28,6 +28,7 @@ CONFIG_ARGS = {
   'distill': ['runlocal'],
   'dream': ['runlocal'],
   'export': ['runlocal'],
+  'autocompress': ['runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 # Smoke runs of minutes whose code paths faster tests cover (federated pruning:
@@ -48,6 +49,10 @@ SLOW = {
   ('noniid', 'partition=1class,beta=0.1,alpha=0.5,runlocal'),
   ('fedper', 'classes_per_client=2,runlocal'),
   ('fishleg_autoencoder', 'model=cnn,runlocal'),
+  # Runs that a test in tests/experiments makes from the same runlocal config.
+  ('dream', 'runlocal'),  # distill_test.py
+  ('export', 'runlocal'),  # export_test.py
+  ('autocompress', 'runlocal'),  # autocompress_test.py
 }
 
 
@@ -79,6 +84,10 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
     assert report['artifacts']['stablehlo']['bit_equal']
     return
   summary = get_run(config.experiment)(config, str(tmp_path))
+  if config.experiment == 'autocompress':
+    assert summary['candidates_evaluated'] == config.search.episodes * config.search.candidates
+    assert (tmp_path / 'model.json').exists() and (tmp_path / 'pareto.png').exists()
+    return
   if config.experiment == 'optimizers':
     assert set(summary['best']) == {'fishleg', 'adam', 'momentum'}
     assert all(np.isfinite(b['final_loss']) for b in summary['best'].values())

@@ -16,9 +16,9 @@ CONFIGS = sorted(
   f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('.py') and f[0] != '_'
 )
 CONFIGS.remove('common.py')
-# Configs of federated runs (the optimizers, prune, distill and export experiments' configs
-# have no federated fields).
-NOT_FEDERATED = ('fishleg_autoencoder', 'prune', 'distill', 'dream', 'export')
+# Configs of federated runs (the optimizers, prune, distill, export and autocompress
+# experiments' configs have no federated fields).
+NOT_FEDERATED = ('fishleg_autoencoder', 'prune', 'distill', 'dream', 'export', 'autocompress')
 FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith(NOT_FEDERATED)]
 
 
@@ -58,6 +58,8 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
     assert config.teacher.epochs <= 2 and config.train.steps <= 50
   elif config.experiment == 'export':
     assert config.latency_repeats <= 50
+  elif config.experiment == 'autocompress':
+    assert config.search.episodes * config.search.candidates <= 10
   else:
     assert config.total_rounds <= 3
 
