@@ -35,7 +35,7 @@ def get_config(arg=None):
     c.deployment.classes = tuple(range(int(arg.classes)))
   c.search = ml_collections.ConfigDict(
     {'ratios': (0.25, 0.5, 0.75, 1.0), 'episodes': 40, 'candidates': 8,
-     'transfer_examples': 8192, 'heldout_examples': 2000}
+     'transfer_examples': 8192, 'heldout_examples': 2000, 'mode': 'masked'}
   )  # fmt: skip
   c.distill = ml_collections.ConfigDict(
     {'steps': 200, 'batch_size': 64, 'learning_rate': 1e-3, 'temperature': 4.0}

@@ -62,7 +62,7 @@ KEYS = ('experiment', 'seed', 'data_name', 'data', 'teacher_workdir', 'teacher',
 SECTIONS = {
   'teacher': ('model_name', 'model', 'epochs', 'batch_size', 'tx_name', 'tx'),
   'deployment': ('classes',),
-  'search': ('ratios', 'episodes', 'candidates', 'transfer_examples', 'heldout_examples'),
+  'search': ('ratios', 'episodes', 'candidates', 'transfer_examples', 'heldout_examples', 'mode'),
   'distill': ('steps', 'batch_size', 'learning_rate', 'temperature'),
   'reward': (
     'accuracy_weight',
@@ -76,6 +76,7 @@ SECTIONS = {
   'final': ('steps',),
   'latency': ('table', 'threads', 'repeats'),
 }
+MODES = ('masked', 'materialized')
 FIELDS = ('episode', 'candidate', 'plan', 'keep', 'ratio', 'params', 'bytes', 'latency_ms',
           'accuracy', 'reward')  # fmt: skip
 
@@ -95,6 +96,7 @@ def validate(config) -> None:
     raise ConfigError(f'config.teacher.model_name={config.teacher.model_name!r}: the search '
                       'space is defined for vgg teachers')  # fmt: skip
   s = config.search
+  lookup(dict.fromkeys(MODES), s.mode, 'search.mode')
   for key in ('episodes', 'candidates', 'transfer_examples', 'heldout_examples'):
     _positive_int(s[key], f'search.{key}')
   for key in ('steps', 'batch_size'):
@@ -247,9 +249,20 @@ def _episode_key(config, episode: int):
 
 
 def _score(search, episode, keep, ratio, key) -> list[dict]:
-  """Distils, evaluates and describes a batch of candidates (rows without rewards)."""
-  trained, _ = search.distill(keep, ratio, key)
-  acc = search.evaluate(trained, keep, ratio)
+  """Distils, evaluates and describes a batch of candidates (rows without rewards):
+  as masks in one program, or each materialised in its own (config.search.mode)."""
+  if search.config.search.mode == 'masked':
+    trained, _ = search.distill(keep, ratio, key)
+    acc = search.evaluate(trained, keep, ratio)
+  else:
+    d = search.config.distill
+    acc = candidates.distill_materialized(
+      search.space, search.params, search.state, keep, ratio, search.transfer_x,
+      search.transfer_logits, search.heldout_x, search.heldout_y, steps=d.steps,
+      batch_size=d.batch_size, learning_rate=d.learning_rate, temperature=d.temperature,
+      key=key, classes=search.head_classes, eval_batch_size=search.config.eval_batch_size,
+      seed=search.config.seed,
+    )  # fmt: skip
   rows = []
   for k in range(keep.shape[0]):
     row = {'episode': episode, 'candidate': k, 'accuracy': float(acc[k]),
@@ -288,7 +301,7 @@ def _run(config, rd) -> dict:
       rows = [r for r in rows if r['episode'] < start]
     start = start or 0
     baselines = _baselines(config, search, weights, teacher)
-    t0 = time.time()
+    t0, scored_here = time.time(), 0
     for episode in range(start, config.search.episodes):
       key = _episode_key(config, episode)
       eps = search.sample(state.params, jax.random.split(key, config.search.candidates))
@@ -302,12 +315,14 @@ def _run(config, rd) -> dict:
       state, metrics = search.update(state, search.emb, search.removable, eps,
                                      jnp.asarray(rewards))  # fmt: skip
       rows += scored
+      scored_here += len(scored)
       _write_csv(rd.path('search.csv'), rows)
       ckpt.save(episode + 1, state, {'episode': episode + 1})
       logging.info('episode %d: reward mean %.4f max %.4f (baseline %.4f), %.1f s',
                    episode, np.mean(rewards), np.max(rewards), float(metrics['baseline']),
                    time.time() - t0)  # fmt: skip
     _save_policy(rd, state.params, config.search.episodes)
+    elapsed = time.time() - t0
   finally:
     ckpt.close()
   best = max(rows, key=lambda r: r['reward']) if rows else None
@@ -317,6 +332,9 @@ def _run(config, rd) -> dict:
     'classes': list(search.classes),
     'episodes': config.search.episodes,
     'candidates_evaluated': len(rows),
+    'mode': config.search.mode,
+    # Of this process's episodes (a resumed search times only the rest), compile included.
+    'candidates_per_hour': 3600 * scored_here / elapsed if scored_here else None,
     'best': best,
     'final': final,
     'baselines': baselines,

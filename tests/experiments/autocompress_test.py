@@ -85,6 +85,7 @@ def test_a_saved_policy_initialises_another_search_and_a_foreign_one_fails(searc
     ({'reward.latency_weight': -1.0}, 'latency_weight=-1.0 must be >= 0'),
     ({'policy.init_from': '/nonexistent'}, 'holds no saved policy'),
     ({'deployment.classes': ()}, 'deployment.classes is empty'),
+    ({'search.mode': 'greedy'}, 'masked, materialized'),
   ],
 )
 def test_bad_config_fails_in_one_line(change, match, tmp_path):

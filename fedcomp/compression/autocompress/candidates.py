@@ -75,3 +75,53 @@ def evaluate_masked(space: SearchSpace, params, state, keep, ratio, x, y, *,
   for i in range(0, x.shape[0], batch_size):
     total = total + per_candidate(params, keep, ratio, x[i : i + batch_size], y[i : i + batch_size])
   return total / x.shape[0]
+
+
+def distill_materialized(
+  space: SearchSpace, params, state, keep, ratio, x, teacher_logits, heldout_x, heldout_y, *,
+  steps: int, batch_size: int, learning_rate: float, temperature: float, key,
+  classes: Sequence[int] | None = None, eval_batch_size: int = 500, seed: int = 0,
+):  # fmt: skip
+  """The other way to score K candidates: each materialised as a real (smaller) vgg and
+  distilled in its own compiled program (same loss, budget and minibatches as
+  `distill_masked`), then evaluated on (heldout_x, heldout_y).
+
+  Returns:
+    accuracy (K,) numpy.
+  """
+  import numpy as np
+
+  from fedcomp import models
+  from fedcomp.compression.autocompress.space import materialize
+
+  tx = optax.adam(learning_rate)
+  x, teacher_logits = jnp.asarray(x), jnp.asarray(teacher_logits)
+  n = x.shape[0]
+  num = teacher_logits.shape[1]
+  accuracy = []
+  for k in range(keep.shape[0]):
+    kk, rk = np.asarray(keep[k]), np.asarray(ratio[k])
+    plan, p0, st = materialize(space, params, state, kk, rk, classes)
+    model = models.build_model('vgg', {'plan': list(plan)}, x.shape[1:], num, seed)
+
+    def loss_fn(p, xb, tb, model=model, st=st):
+      logits = model.apply(p, st, xb)[0]
+      return distillation_loss(logits, tb, None, temperature, 0.0).mean()
+
+    def step(carry, i, loss_fn=loss_fn):
+      p, opt = carry
+      rows = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
+      grads = jax.grad(loss_fn)(p, x[rows], teacher_logits[rows])
+      updates, opt = tx.update(grads, opt, p)
+      return (optax.apply_updates(p, updates), opt), None
+
+    train = jax.jit(lambda p, step=step: jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps)))
+    (trained, _), _ = train(p0)
+    forward = jax.jit(lambda xb, model=model, p=trained, st=st: model.apply(p, st, xb)[0])
+    correct = sum(
+      int((np.asarray(forward(heldout_x[i : i + eval_batch_size])).argmax(-1)
+           == heldout_y[i : i + eval_batch_size]).sum())
+      for i in range(0, len(heldout_x), eval_batch_size)
+    )  # fmt: skip
+    accuracy.append(correct / len(heldout_x))
+  return np.asarray(accuracy)
