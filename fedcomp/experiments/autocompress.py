@@ -240,7 +240,7 @@ def _read_csv(path: str) -> list[dict]:
     for k in ('episode', 'candidate', 'params', 'bytes'):
       r[k] = int(r[k])
     for k in ('latency_ms', 'accuracy', 'reward'):
-      r[k] = float(r[k])
+      r[k] = float(r[k]) if r[k] != '' else None
   return rows
 
 
@@ -252,8 +252,9 @@ def _score(search, episode, keep, ratio, key) -> list[dict]:
   """Distils, evaluates and describes a batch of candidates (rows without rewards):
   as masks in one program, or each materialised in its own (config.search.mode)."""
   if search.config.search.mode == 'masked':
-    trained, _ = search.distill(keep, ratio, key)
+    trained, losses = search.distill(keep, ratio, key)
     acc = search.evaluate(trained, keep, ratio)
+    acc = np.where(np.isfinite(np.asarray(losses)).all(1), acc, np.nan)
   else:
     d = search.config.distill
     acc = candidates.distill_materialized(
@@ -265,7 +266,9 @@ def _score(search, episode, keep, ratio, key) -> list[dict]:
     )  # fmt: skip
   rows = []
   for k in range(keep.shape[0]):
-    row = {'episode': episode, 'candidate': k, 'accuracy': float(acc[k]),
+    # A candidate whose distillation diverged is invalid: no accuracy, reward −1.
+    accuracy = float(acc[k]) if np.isfinite(acc[k]) else None
+    row = {'episode': episode, 'candidate': k, 'accuracy': accuracy,
            'keep': ' '.join(str(int(v)) for v in np.asarray(keep[k])),
            'ratio': ' '.join(str(int(v)) for v in np.asarray(ratio[k]))}  # fmt: skip
     row.update(search.describe_candidate(np.asarray(keep[k]), np.asarray(ratio[k])))
@@ -325,7 +328,8 @@ def _run(config, rd) -> dict:
     elapsed = time.time() - t0
   finally:
     ckpt.close()
-  best = max(rows, key=lambda r: r['reward']) if rows else None
+  valid = [r for r in rows if r['accuracy'] is not None]
+  best = max(valid, key=lambda r: r['reward']) if valid else None
   final = _final_student(config, search, best) if best is not None else None
   summary = {
     'teacher': teacher,
@@ -464,12 +468,14 @@ def _plot(rd, rows, baselines, teacher) -> None:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
-  if rows:
-    lat = np.array([r['latency_ms'] for r in rows])
-    acc = np.array([r['accuracy'] for r in rows])
+  valid = [r for r in rows if r['accuracy'] is not None]
+  if valid:
+    lat = np.array([r['latency_ms'] for r in valid])
+    acc = np.array([r['accuracy'] for r in valid])
     ax.scatter(lat, acc, s=10, alpha=0.5, label='searched candidates')
     front = pareto_front(lat, acc)
     ax.plot(lat[front], acc[front], 'k-', lw=1, label='Pareto front')
+  baselines = [b for b in baselines if b['accuracy'] is not None]
   if baselines:
     ax.scatter([b['latency_ms'] for b in baselines], [b['accuracy'] for b in baselines],
                marker='s', c='tab:red', label='uniform width')  # fmt: skip

@@ -77,6 +77,20 @@ def test_a_saved_policy_initialises_another_search_and_a_foreign_one_fails(searc
     autocompress._load_policy(workdir, other.params)
 
 
+def test_a_diverged_candidate_gets_the_invalid_reward_and_the_search_goes_on(searched, tmp_path):
+  workdir, _, _ = searched
+  config = ac_config.get_config('runlocal')
+  config.teacher_workdir = os.path.join(workdir, 'teacher')
+  config.latency.table = os.path.join(workdir, 'latency_table.json')
+  config.search.episodes = 1
+  config.distill.learning_rate = 1e30  # every candidate's KD diverges
+  summary = autocompress.run(config, str(tmp_path))
+  rows = read_rows(str(tmp_path))
+  assert len(rows) == config.search.candidates
+  assert all(r['accuracy'] == '' and float(r['reward']) == -1.0 for r in rows)
+  assert summary['best'] is None and summary['final'] is None
+
+
 @pytest.mark.parametrize(
   ('change', 'match'),
   [

@@ -87,7 +87,7 @@ def distill_materialized(
   `distill_masked`), then evaluated on (heldout_x, heldout_y).
 
   Returns:
-    accuracy (K,) numpy.
+    accuracy (K,) numpy; NaN for a candidate whose weights became non-finite.
   """
   import numpy as np
 
@@ -117,6 +117,9 @@ def distill_materialized(
 
     train = jax.jit(lambda p, step=step: jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps)))
     (trained, _), _ = train(p0)
+    if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(trained)):
+      accuracy.append(float('nan'))  # diverged: no accuracy
+      continue
     forward = jax.jit(lambda xb, model=model, p=trained, st=st: model.apply(p, st, xb)[0])
     correct = sum(
       int((np.asarray(forward(heldout_x[i : i + eval_batch_size])).argmax(-1)
