@@ -16,7 +16,9 @@ it, rewarded for accuracy, measured latency and memory.
    `reward.*`'s weighted form; the policy takes one step; the episode's rows go to
    search.csv and the search state to checkpoints/ (a killed search resumes from its last
    episode);
-4. baselines with the same budget: uniform width ratios `baselines` (every conv kept);
+4. baselines with the same budget: uniform width ratios `baselines` (every conv kept), and
+   the teacher pruned by global weight magnitude to each one's parameter count (equal
+   bytes of values; its latency stays the teacher's, as runtimes execute zeros densely);
 5. the best candidate by reward is distilled again (bit-identical: candidates do not
    interact), materialised as a real `vgg`, fine-tuned `final.steps` more, and saved in
    model/ (exportable by `launch.export`); its latency is measured whole and compared with
@@ -107,8 +109,10 @@ def validate(config) -> None:
     raise ConfigError('config.distill.temperature and learning_rate must be > 0')
   if any(not 0 < r <= 1 for r in s.ratios) or not len(s.ratios):
     raise ConfigError(f'config.search.ratios={list(s.ratios)} must be in (0, 1]')
-  if any(not 0 < r <= 1 for r in config.baselines):
-    raise ConfigError(f'config.baselines={list(config.baselines)} must be in (0, 1]')
+  if any(b not in tuple(s.ratios) for b in config.baselines):
+    raise ConfigError(
+      f'config.baselines={list(config.baselines)} must be among config.search.ratios'
+    )
   RewardWeights(**config.reward).check('reward')
   _positive_int(config.latency.threads, 'latency.threads')
   _positive_int(config.latency.repeats, 'latency.repeats')
@@ -129,7 +133,7 @@ class _Search:
       config.deployment.classes, dataset.num_classes, 'deployment.classes'
     )
     model, params, state, meta = load_or_train_teacher(config, rd, dataset, self._check)
-    self.teacher_meta = meta
+    self.model, self.teacher_meta = model, meta
     self.params, self.state = params, state
     self.shape = tuple(meta['input_shape'])
     train = subset.select(dict(dataset.train), self.classes)
@@ -356,24 +360,56 @@ def _baselines(config, search, weights, teacher) -> list[dict]:
       return json.load(f)
   out = []
   if config.baselines:
-    ratios = list(config.search.ratios)
-    idx = []
-    for b in config.baselines:
-      if b not in ratios:
-        raise ConfigError(f'config.baselines entry {b} is not among config.search.ratios')
-      idx.append(ratios.index(b))
+    idx = [list(config.search.ratios).index(b) for b in config.baselines]
     n = search.space.num_layers
     keep = jnp.ones((len(idx), n), bool)
     ratio = jnp.asarray(np.repeat(np.asarray(idx)[:, None], n, 1), jnp.int32)
     key = jax.random.fold_in(jax.random.key(config.seed), 2**31)  # apart from the episodes'
     out = _score(search, -1, keep, ratio, key)
     for r, b in zip(out, config.baselines):
-      r['width'] = b
+      r['width'], r['kind'] = b, 'uniform'
+    out += [_pruned_baseline(config, search, r, key) for r in list(out)]
+    for r in out:
       student = {'accuracy': r['accuracy'], 'latency_ms': r['latency_ms'],
                  'memory_bytes': r['bytes']}  # fmt: skip
       r['reward'] = weighted_reward(weights, student, teacher)
   search.rd.write_json('baselines.json', out, indent=2)
   return out
+
+
+def _pruned_baseline(config, search, uniform: dict, key) -> dict:
+  """The teacher pruned by global weight magnitude to as many non-zero parameters as a
+  uniform student has, KD fine-tuned with the same budget: the same bytes (values only,
+  sparse storage), the teacher's dense latency."""
+  d = config.distill
+  dense = sum(  # biases and BatchNorm parameters stay dense
+    np.size(a) for path, a in jax.tree_util.tree_leaves_with_path(search.params)
+    if path[-1].key != 'kernel'
+  )  # fmt: skip
+  masks = candidates.magnitude_masks(search.params, uniform['params'] - dense)
+  trained = jax.jit(
+    lambda: candidates.distill_pruned(
+      search.model.apply, search.params, search.state, masks, search.transfer_x,
+      search.transfer_logits, steps=d.steps, batch_size=d.batch_size,
+      learning_rate=d.learning_rate, temperature=d.temperature, key=key,
+      classes=search.head_classes,
+    )
+  )()  # fmt: skip
+  forward = jax.jit(lambda x: search.model.apply(trained, search.state, x)[0])
+  cls = np.asarray(search.classes)
+  pred = np.concatenate([
+    np.asarray(forward(search.heldout_x[i : i + 500]))[:, cls].argmax(1)
+    for i in range(0, len(search.heldout_x), 500)
+  ])  # fmt: skip
+  ok = all(bool(np.isfinite(np.asarray(a)).all()) for a in jax.tree.leaves(trained))
+  nonzeros = int(sum(np.count_nonzero(np.asarray(a)) for a in jax.tree.leaves(trained)))
+  return {
+    'episode': -1, 'candidate': -1, 'kind': 'magnitude', 'width': uniform['width'],
+    'plan': ' '.join(map(str, search.space.plan)), 'keep': '', 'ratio': '',
+    'params': nonzeros, 'bytes': 4 * nonzeros,
+    'latency_ms': search.teacher_stats['latency_ms'],
+    'accuracy': float(np.mean(pred == search.heldout_y)) if ok else None,
+  }  # fmt: skip
 
 
 def _save_policy(rd, params, episodes: int) -> None:
@@ -475,12 +511,15 @@ def _plot(rd, rows, baselines, teacher) -> None:
     ax.scatter(lat, acc, s=10, alpha=0.5, label='searched candidates')
     front = pareto_front(lat, acc)
     ax.plot(lat[front], acc[front], 'k-', lw=1, label='Pareto front')
-  baselines = [b for b in baselines if b['accuracy'] is not None]
-  if baselines:
-    ax.scatter([b['latency_ms'] for b in baselines], [b['accuracy'] for b in baselines],
-               marker='s', c='tab:red', label='uniform width')  # fmt: skip
-    for b in baselines:
-      ax.annotate(f'{b["width"]:g}', (b['latency_ms'], b['accuracy']), fontsize=8)
+  for kind, marker, color, label in (('uniform', 's', 'tab:red', 'uniform width'),
+                                     ('magnitude', '^', 'tab:green',
+                                      'magnitude-pruned teacher, same bytes')):  # fmt: skip
+    points = [b for b in baselines if b.get('kind') == kind and b['accuracy'] is not None]
+    if points:
+      ax.scatter([b['latency_ms'] for b in points], [b['accuracy'] for b in points],
+                 marker=marker, c=color, label=label)  # fmt: skip
+      for b in points:
+        ax.annotate(f'{b["width"]:g}', (b['latency_ms'], b['accuracy']), fontsize=8)
   ax.axhline(teacher['accuracy'], color='gray', ls='--', lw=1, label='teacher')
   ax.set_xlabel('predicted latency, batch 1, onnxruntime 1 thread (ms)')
   ax.set_ylabel('held-out accuracy')

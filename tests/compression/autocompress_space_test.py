@@ -158,3 +158,26 @@ def test_materialised_scoring_matches_masked_scoring(teacher):
   real = cand.distill_materialized(space, tparams, state, keep, ratio, data, logits, data,
                                    labels, **kw)  # fmt: skip
   np.testing.assert_allclose(real, masked, atol=2 / 64)  # at most two borderline examples
+
+
+def test_magnitude_masks_keep_the_largest_kernel_weights_and_training_keeps_zeros(teacher):
+  from fedcomp.compression.autocompress import candidates as cand
+
+  model, state, space, x = teacher
+  masks = cand.magnitude_masks(model.params, 500)
+  kernels = [model.params['convs'][i]['kernel'] for i in model.params['convs']]
+  kernels.append(model.params['head']['kernel'])
+  flat = np.sort(np.concatenate([np.abs(np.asarray(k)).ravel() for k in kernels]))
+  kept = [np.asarray(masks['convs'][i]['kernel']) for i in masks['convs']]
+  kept.append(np.asarray(masks['head']['kernel']))
+  assert sum(int(m.sum()) for m in kept) == 500
+  smallest_kept = min(np.abs(np.asarray(k))[m > 0].min() for k, m in zip(kernels, kept) if m.any())
+  assert smallest_kept == flat[-500]  # exactly the 500 largest magnitudes
+  assert all(np.all(np.asarray(m['bias']) == 1) for m in masks['norms'].values())
+  data = np.random.default_rng(4).uniform(0, 1, (32, 16, 16, 3)).astype(np.float32)
+  logits = model.apply(model.params, state, data)[0]
+  trained = cand.distill_pruned(model.apply, model.params, state, masks, data, logits, steps=5,
+                                batch_size=8, learning_rate=1e-2, temperature=2.0,
+                                key=jax.random.key(0))  # fmt: skip
+  for t, m in zip(jax.tree.leaves(trained), jax.tree.leaves(masks)):
+    assert np.all(np.asarray(t)[np.asarray(m) == 0] == 0)

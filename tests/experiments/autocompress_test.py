@@ -35,6 +35,12 @@ def test_a_search_writes_its_rows_policy_and_an_exportable_student(searched):
   assert summary['candidates_evaluated'] == len(rows)
   for name in ('pareto.png', 'baselines.json', 'latency_table.json', 'summary.json'):
     assert os.path.exists(os.path.join(workdir, name)), name
+  # Each uniform baseline has a magnitude-pruned teacher with as many non-zeros.
+  uniform = [b for b in summary['baselines'] if b['kind'] == 'uniform']
+  pruned = [b for b in summary['baselines'] if b['kind'] == 'magnitude']
+  assert len(uniform) == len(pruned) == len(config.baselines)
+  for u, p in zip(uniform, pruned):
+    assert abs(p['params'] - u['params']) <= 0.02 * u['params']
   best = max(rows, key=lambda r: float(r['reward']))
   saved = load_model(workdir)
   assert saved.meta['model']['plan'] == [int(i) if i != 'M' else i for i in best['plan'].split()]
@@ -100,13 +106,15 @@ def test_a_diverged_candidate_gets_the_invalid_reward_and_the_search_goes_on(sea
     ({'policy.init_from': '/nonexistent'}, 'holds no saved policy'),
     ({'deployment.classes': ()}, 'deployment.classes is empty'),
     ({'search.mode': 'greedy'}, 'masked, materialized'),
+    ({'baselines': (0.3,)}, 'must be among config.search.ratios'),
   ],
 )
 def test_bad_config_fails_in_one_line(change, match, tmp_path):
   config = ac_config.get_config('runlocal')
   for key, value in change.items():
-    section, field = key.split('.')
-    config[section][field] = value
+    *sections, field = key.split('.')
+    target = config[sections[0]] if sections else config
+    target[field] = value
   with pytest.raises(ConfigError, match=match) as e:
     autocompress.run(config, str(tmp_path))
   assert '\n' not in str(e.value)

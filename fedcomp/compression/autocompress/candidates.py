@@ -128,3 +128,67 @@ def distill_materialized(
     )  # fmt: skip
     accuracy.append(correct / len(heldout_x))
   return np.asarray(accuracy)
+
+
+def magnitude_masks(params, nonzeros: int):
+  """Global magnitude pruning of the conv and head kernels: masks (1 keep, 0 pruned) that
+  keep the `nonzeros` largest |w| over all of them; biases and BatchNorm stay dense.
+
+  Args:
+    params: a vgg's params ({'convs', 'norms', 'head'}).
+    nonzeros: how many kernel weights to keep.
+
+  Returns:
+    A pytree like params of float32 masks.
+  """
+  import numpy as np
+
+  kernels = [np.abs(np.asarray(params['convs'][i]['kernel'])).ravel() for i in params['convs']]
+  kernels.append(np.abs(np.asarray(params['head']['kernel'])).ravel())
+  flat = np.concatenate(kernels)
+  nonzeros = int(min(max(nonzeros, 1), flat.size))
+  threshold = np.partition(flat, flat.size - nonzeros)[flat.size - nonzeros]
+
+  def mask(path, a):
+    is_kernel = path[-1].key == 'kernel'
+    return (np.abs(np.asarray(a)) >= threshold).astype(np.float32) if is_kernel else (
+      np.ones(np.shape(a), np.float32))  # fmt: skip
+
+  return jax.tree_util.tree_map_with_path(mask, params)
+
+
+def distill_pruned(apply, params, state, masks, x, teacher_logits, *, steps: int,
+                   batch_size: int, learning_rate: float, temperature: float, key,
+                   classes: Sequence[int] | None = None):  # fmt: skip
+  """KD fine-tuning of the teacher with fixed magnitude masks (the pruning baseline at equal
+  bytes): the same loss, budget and minibatches as the candidates; pruned weights stay 0.
+
+  Args:
+    apply: the teacher's apply(params, state, x) -> (logits, state).
+    masks: magnitude_masks(...).
+    Others as distill_masked.
+
+  Returns:
+    The trained, masked params.
+  """
+  tx = optax.adam(learning_rate)
+  x, teacher_logits = jnp.asarray(x), jnp.asarray(teacher_logits)
+  n = x.shape[0]
+  cls = None if classes is None else jnp.asarray(classes)
+
+  def loss_fn(p, xb, tb):
+    logits = apply(jax.tree.map(jnp.multiply, p, masks), state, xb)[0]
+    if cls is not None:
+      logits = logits[:, cls]
+    return distillation_loss(logits, tb, None, temperature, 0.0).mean()
+
+  def step(carry, i):
+    p, opt = carry
+    rows = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
+    grads = jax.grad(loss_fn)(p, x[rows], teacher_logits[rows])
+    updates, opt = tx.update(grads, opt, p)
+    return (optax.apply_updates(p, updates), opt), None
+
+  start = jax.tree.map(jnp.multiply, params, masks)
+  (trained, _), _ = jax.lax.scan(step, (start, tx.init(start)), jnp.arange(steps))
+  return jax.tree.map(jnp.multiply, trained, masks)
