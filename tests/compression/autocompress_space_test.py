@@ -105,15 +105,20 @@ def test_latency_signatures_by_hand_and_the_table_measures_each_layer_once(tmp_p
   assert again == first and len(calls) == len(set(sigs)) + 1  # read from the cache
 
 
+def sharp_teacher(teacher, seed):
+  """(params with a 30x head, 64 random inputs, their logits): the random teacher's own
+  logits are nearly uniform, leaving nothing to distil."""
+  model, state, _, _ = teacher
+  data = np.random.default_rng(seed).uniform(0, 1, (64, 16, 16, 3)).astype(np.float32)
+  tparams = dict(model.params, head=jax.tree.map(lambda a: 30.0 * a, model.params['head']))
+  return tparams, data, model.apply(tparams, state, data)[0]
+
+
 def test_distilled_masked_candidates_learn_alone_and_materialise_to_the_same_function(teacher):
   from fedcomp.compression.autocompress import candidates as cand
 
   model, state, space, x = teacher
-  rng = np.random.default_rng(2)
-  data = rng.uniform(0, 1, (64, 16, 16, 3)).astype(np.float32)
-  # A sharper random teacher (its initial logits are nearly uniform: nothing to distil).
-  tparams = dict(model.params, head=jax.tree.map(lambda a: 30.0 * a, model.params['head']))
-  teacher_logits = model.apply(tparams, state, data)[0]
+  tparams, data, teacher_logits = sharp_teacher(teacher, 2)
   keep = jnp.asarray([[1, 1, 0, 1, 1], [1, 1, 1, 1, 0]], bool)
   ratio = jnp.asarray([[0, 1, 2, 0, 1], [1, 0, 0, 2, 2]], jnp.int32)
   kw = dict(steps=30, batch_size=16, learning_rate=3e-3, temperature=2.0, key=jax.random.key(0))
@@ -145,10 +150,7 @@ def test_materialised_scoring_matches_masked_scoring(teacher):
   from fedcomp.compression.autocompress import candidates as cand
 
   model, state, space, x = teacher
-  rng = np.random.default_rng(3)
-  data = rng.uniform(0, 1, (64, 16, 16, 3)).astype(np.float32)
-  tparams = dict(model.params, head=jax.tree.map(lambda a: 30.0 * a, model.params['head']))
-  logits = model.apply(tparams, state, data)[0]
+  tparams, data, logits = sharp_teacher(teacher, 3)
   labels = np.asarray(logits.argmax(-1))
   keep = jnp.asarray([[1, 1, 0, 1, 1], [1, 1, 1, 1, 1]], bool)
   ratio = jnp.asarray([[0, 1, 2, 0, 1], [2, 2, 2, 2, 2]], jnp.int32)
