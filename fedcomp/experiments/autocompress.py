@@ -151,7 +151,8 @@ class _Search:
     self.heldout_x, self.heldout_y = take(rows[s.transfer_examples :][: s.heldout_examples])
     self.test_x, self.test_y = as_float(test['x']), test['y'].astype(np.int32)
     cls = jnp.asarray(self.classes)
-    teacher_fn = jax.jit(lambda x: model.apply(params, state, x)[0][:, cls])
+    apply = jax.jit(lambda p, s, x: model.apply(p, s, x)[0][:, cls])
+    teacher_fn = lambda x: apply(params, state, x)  # noqa: E731
     self.transfer_logits = np.concatenate([
       np.asarray(teacher_fn(self.transfer_x[i : i + 500]))
       for i in range(0, len(self.transfer_x), 500)
@@ -170,13 +171,16 @@ class _Search:
     d = config.distill
     head = None if len(self.classes) == meta['num_classes'] else tuple(self.classes)
     self.head_classes = head
-    self.distill = jax.jit(
-      lambda keep, ratio, key: candidates.distill_masked(
-        self.space, params, state, keep, ratio, self.transfer_x, self.transfer_logits,
-        steps=d.steps, batch_size=d.batch_size, learning_rate=d.learning_rate,
-        temperature=d.temperature, key=key, classes=head,
+    # Data and weights are arguments of the program, not constants closed over: XLA would
+    # embed (and try to fold) a 25 MB transfer set, which took minutes to compile.
+    distill = jax.jit(
+      lambda keep, ratio, key, p, s, x, t: candidates.distill_masked(
+        self.space, p, s, keep, ratio, x, t, steps=d.steps, batch_size=d.batch_size,
+        learning_rate=d.learning_rate, temperature=d.temperature, key=key, classes=head,
       )
     )  # fmt: skip
+    arrays = (params, state, jnp.asarray(self.transfer_x), jnp.asarray(self.transfer_logits))
+    self.distill = lambda keep, ratio, key: distill(keep, ratio, key, *arrays)
     self.sample = jax.jit(
       jax.vmap(lambda p, k: self.policy.sample(p, self.emb, self.removable, k), (None, 0))
     )
@@ -388,14 +392,14 @@ def _pruned_baseline(config, search, uniform: dict, key) -> dict:
   )  # fmt: skip
   masks = candidates.magnitude_masks(search.params, uniform['params'] - dense)
   trained = jax.jit(
-    lambda: candidates.distill_pruned(
-      search.model.apply, search.params, search.state, masks, search.transfer_x,
-      search.transfer_logits, steps=d.steps, batch_size=d.batch_size,
+    lambda p, s, m, x, t: candidates.distill_pruned(
+      search.model.apply, p, s, m, x, t, steps=d.steps, batch_size=d.batch_size,
       learning_rate=d.learning_rate, temperature=d.temperature, key=key,
       classes=search.head_classes,
     )
-  )()  # fmt: skip
-  forward = jax.jit(lambda x: search.model.apply(trained, search.state, x)[0])
+  )(search.params, search.state, masks, search.transfer_x, search.transfer_logits)  # fmt: skip
+  apply = jax.jit(lambda p, x: search.model.apply(p, search.state, x)[0])
+  forward = lambda x: apply(trained, x)  # noqa: E731
   cls = np.asarray(search.classes)
   pred = np.concatenate([
     np.asarray(forward(search.heldout_x[i : i + 500]))[:, cls].argmax(1)
@@ -454,7 +458,8 @@ def _final_student(config, search, best) -> dict:
   model = models.build_model('vgg', {'plan': list(plan)}, search.shape, num, config.seed)
   if config.final.steps:
     params = _fine_tune(config, search, model, params, state)
-  forward = jax.jit(lambda x: model.apply(params, state, x)[0])
+  apply = jax.jit(lambda p, x: model.apply(p, state, x)[0])
+  forward = lambda x: apply(params, x)  # noqa: E731
   pred = np.concatenate([np.asarray(forward(search.test_x[i : i + 500])).argmax(1)
                          for i in range(0, len(search.test_x), 500)])  # fmt: skip
   acc = float(np.mean(pred == search.test_y))
@@ -480,18 +485,22 @@ def _fine_tune(config, search, model, params, state):
   x, t = jnp.asarray(search.transfer_x), jnp.asarray(search.transfer_logits)
   n = x.shape[0]
 
-  def step(carry, i):
-    p, opt = carry
-    rows = jax.random.randint(jax.random.fold_in(jax.random.key(config.seed + 1), i),
-                              (d.batch_size,), 0, n)  # fmt: skip
-    loss_fn = lambda p: distillation_loss(model.apply(p, state, x[rows])[0], t[rows], None,  # noqa: E731
-                                          d.temperature, 0.0).mean()  # fmt: skip
-    grads = jax.grad(loss_fn)(p)
-    updates, opt = tx.update(grads, opt, p)
-    return (optax.apply_updates(p, updates), opt), None
+  def train(p, x, t):  # data as arguments, not constants
+    def step(carry, i):
+      p, opt = carry
+      key = jax.random.fold_in(jax.random.key(config.seed + 1), i)
+      rows = jax.random.randint(key, (d.batch_size,), 0, n)
 
-  steps = jnp.arange(config.final.steps)
-  (params, _), _ = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), steps))(params)
+      def loss_fn(p):
+        logits = model.apply(p, state, x[rows])[0]
+        return distillation_loss(logits, t[rows], None, d.temperature, 0.0).mean()
+
+      updates, opt = tx.update(jax.grad(loss_fn)(p), opt, p)
+      return (optax.apply_updates(p, updates), opt), None
+
+    return jax.lax.scan(step, (p, tx.init(p)), jnp.arange(config.final.steps))
+
+  (params, _), _ = jax.jit(train)(params, x, t)
   return params
 
 

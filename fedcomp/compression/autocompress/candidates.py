@@ -70,7 +70,7 @@ def evaluate_masked(space: SearchSpace, params, state, keep, ratio, x, y, *,
   def correct(p, k, r, xb, yb):
     return (masked_forward(space, p, state, xb, k, r, classes).argmax(-1) == yb).sum()
 
-  per_candidate = jax.vmap(correct, in_axes=(0, 0, 0, None, None))
+  per_candidate = jax.jit(jax.vmap(correct, in_axes=(0, 0, 0, None, None)))
   total = jnp.zeros(keep.shape[0], jnp.int32)
   for i in range(0, x.shape[0], batch_size):
     total = total + per_candidate(params, keep, ratio, x[i : i + batch_size], y[i : i + batch_size])
@@ -104,23 +104,26 @@ def distill_materialized(
     plan, p0, st = materialize(space, params, state, kk, rk, classes)
     model = models.build_model('vgg', {'plan': list(plan)}, x.shape[1:], num, seed)
 
-    def loss_fn(p, xb, tb, model=model, st=st):
-      logits = model.apply(p, st, xb)[0]
-      return distillation_loss(logits, tb, None, temperature, 0.0).mean()
+    def train(p, st, xs, ts, model=model):  # data as arguments, not constants
+      def loss_fn(p, xb, tb):
+        logits = model.apply(p, st, xb)[0]
+        return distillation_loss(logits, tb, None, temperature, 0.0).mean()
 
-    def step(carry, i, loss_fn=loss_fn):
-      p, opt = carry
-      rows = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, n)
-      grads = jax.grad(loss_fn)(p, x[rows], teacher_logits[rows])
-      updates, opt = tx.update(grads, opt, p)
-      return (optax.apply_updates(p, updates), opt), None
+      def step(carry, index):
+        p, opt = carry
+        rows = jax.random.randint(jax.random.fold_in(key, index), (batch_size,), 0, n)
+        grads = jax.grad(loss_fn)(p, xs[rows], ts[rows])
+        updates, opt = tx.update(grads, opt, p)
+        return (optax.apply_updates(p, updates), opt), None
 
-    train = jax.jit(lambda p, step=step: jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps)))
-    (trained, _), _ = train(p0)
+      return jax.lax.scan(step, (p, tx.init(p)), jnp.arange(steps))
+
+    (trained, _), _ = jax.jit(train)(p0, st, x, teacher_logits)
     if not all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(trained)):
       accuracy.append(float('nan'))  # diverged: no accuracy
       continue
-    forward = jax.jit(lambda xb, model=model, p=trained, st=st: model.apply(p, st, xb)[0])
+    apply = jax.jit(lambda p, st, xb, model=model: model.apply(p, st, xb)[0])
+    forward = lambda xb, p=trained, st=st, apply=apply: apply(p, st, xb)  # noqa: E731
     correct = sum(
       int((np.asarray(forward(heldout_x[i : i + eval_batch_size])).argmax(-1)
            == heldout_y[i : i + eval_batch_size]).sum())
