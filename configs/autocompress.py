@@ -33,9 +33,12 @@ def get_config(arg=None):
   c.deployment = ml_collections.ConfigDict({'classes': config_dict.placeholder(tuple)})
   if arg.classes != 'all':
     c.deployment.classes = tuple(range(int(arg.classes)))
+  # 'materialized' (each candidate a real, smaller vgg in its own program) measured 3.5x
+  # faster than 'masked' (all candidates vmapped at the teacher's width) on this 2-core CPU:
+  # 8 Fashion-MNIST candidates of 50 KD steps in 148 s vs 515 s (README).
   c.search = ml_collections.ConfigDict(
     {'ratios': (0.25, 0.5, 0.75, 1.0), 'episodes': 40, 'candidates': 8,
-     'transfer_examples': 8192, 'heldout_examples': 2000, 'mode': 'masked'}
+     'transfer_examples': 8192, 'heldout_examples': 2000, 'mode': 'materialized'}
   )  # fmt: skip
   c.distill = ml_collections.ConfigDict(
     {'steps': 200, 'batch_size': 64, 'learning_rate': 1e-3, 'temperature': 4.0}

@@ -1,4 +1,4 @@
-r"""Plots one metric of several runs against the round.
+r"""Plots one metric of several runs (or sweeps: mean ± std over their runs) against the round.
 
   python -m launch.plot --workdirs=/tmp/a,/tmp/b --labels=FedAvg,SCAFFOLD \
       --metric=eval/accuracy --out=/tmp/accuracy.png
@@ -10,7 +10,9 @@ from absl import app, flags
 
 from fedcomp.utils.plot_metrics import plot_runs
 
-_WORKDIRS = flags.DEFINE_list('workdirs', None, 'Run directories (with metrics.jsonl).')
+_WORKDIRS = flags.DEFINE_list(
+  'workdirs', None, 'Run directories (with metrics.jsonl) or sweep directories (their runs).'
+)
 _LABELS = flags.DEFINE_list('labels', None, 'One legend label per workdir.')
 _METRIC = flags.DEFINE_string('metric', 'eval/accuracy', 'The metric to plot.')
 _OUT = flags.DEFINE_string('out', None, 'Output PNG path.')

@@ -61,6 +61,9 @@ class FederatedAlgorithm(NamedTuple):
     global_model: optional (server_state, client_table) -> (params, model_state) to
       evaluate when the global model is assembled from client state (e.g. FedPer's averaged
       head); None means server_model.
+    client_table: optional (table, num_clients) -> table, run once when the per-client state
+      table is created from `client_state_init`'s row broadcast to every client: per-client
+      attributes that differ between clients (e.g. HoVeFL's population of each client).
   """
 
   server_init: Callable[[PyTree, PyTree], PyTree]
@@ -73,6 +76,7 @@ class FederatedAlgorithm(NamedTuple):
   reducer: Reducer = weighted_mean()
   personal_model: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] | None = None
   global_model: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]] | None = None
+  client_table: Callable[[PyTree, int], PyTree] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,6 +92,8 @@ class FederatedRound:
     server = self.algorithm.server_init(params, model_state)
     row = self.algorithm.client_state_init(params, model_state)
     table = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.num_clients, *jnp.shape(a))), row)
+    if self.algorithm.client_table is not None:
+      table = self.algorithm.client_table(table, self.num_clients)
     # Fresh, strongly typed copies: the round donates these buffers (the caller's params
     # must survive), and a weak-typed leaf would make the second round's inputs differ in
     # type from the first's and recompile.

@@ -62,6 +62,45 @@ def weighted_mean() -> Reducer:
   return Reducer(summand=lambda v: (_scale(v.update, v.weight), v.weight), finish=finish)
 
 
+def _group_summand(num_groups: int):
+  def summand(v):
+    one_hot = jax.nn.one_hot(v.group, num_groups, dtype=jnp.float32) * v.weight
+    per_group = jax.tree.map(
+      lambda u: jnp.einsum('g,...->g...', one_hot.astype(u.dtype), u), v.update
+    )
+    return per_group, one_hot
+
+  return summand
+
+
+def grouped_sums(num_groups: int) -> Reducer:
+  """Per-group weighted sums: finish returns (Σ_{i∈g} w_i u_i stacked (G, ...), W_g (G,)),
+  for servers that combine the groups themselves (HoVeFL's never-cleared running means).
+
+  Args:
+    num_groups: number of groups; client i's group is ClientOutput.group in [0, num_groups).
+  """
+  return Reducer(summand=_group_summand(num_groups), finish=lambda t, s, valid: t)
+
+
+def combine_groups(sums, weights, gamma) -> PyTree:
+  """Σ_g γ_g · (sums_g / W_g) / Σ_{g present} γ_g over the groups with weight W_g > 0.
+
+  With one group present the result is sums_g · (1 / W_g) exactly, as `weighted_mean`.
+  """
+  present = (weights > 0).astype(jnp.float32) * gamma
+  coef = present / jnp.maximum(present.sum(), TINY)
+  per_weight = coef * (1.0 / jnp.maximum(weights, TINY))  # γ_g / (Σγ · W_g): mean, combine
+
+  def combine(x):
+    out = jnp.zeros(x.shape[1:], x.dtype)
+    for g in range(x.shape[0]):  # fixed order
+      out = out + x[g] * per_weight[g].astype(x.dtype)
+    return out
+
+  return jax.tree.map(combine, sums)
+
+
 def grouped_mean(num_groups: int, group_weights: Sequence[float] | None = None) -> Reducer:
   """Weighted means within groups, then a weighted combination of the groups' means.
 
@@ -81,28 +120,11 @@ def grouped_mean(num_groups: int, group_weights: Sequence[float] | None = None) 
   if gamma.shape != (num_groups,) or bool((gamma < 0).any()):
     raise ConfigError(f'group_weights={group_weights} must be {num_groups} numbers >= 0')
 
-  def summand(v):
-    one_hot = jax.nn.one_hot(v.group, num_groups, dtype=jnp.float32) * v.weight
-    per_group = jax.tree.map(
-      lambda u: jnp.einsum('g,...->g...', one_hot.astype(u.dtype), u), v.update
-    )
-    return per_group, one_hot
-
   def finish(t, s, valid):
     sums, weights = t
-    present = (weights > 0).astype(jnp.float32) * gamma
-    coef = present / jnp.maximum(present.sum(), TINY)
-    per_weight = coef / jnp.maximum(weights, TINY)  # γ_g / (Σγ · W_g): mean then combine
+    return combine_groups(sums, weights, gamma)
 
-    def combine(x):
-      out = jnp.zeros(x.shape[1:], x.dtype)
-      for g in range(num_groups):  # fixed order
-        out = out + per_weight[g].astype(x.dtype) * x[g]
-      return out
-
-    return jax.tree.map(combine, sums)
-
-  return Reducer(summand=summand, finish=finish)
+  return Reducer(summand=_group_summand(num_groups), finish=finish)
 
 
 def _robust(finish):

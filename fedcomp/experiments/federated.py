@@ -22,7 +22,7 @@ from absl import logging
 
 from fedcomp import data as fdata
 from fedcomp import models, tasks
-from fedcomp.algorithms import ALGORITHMS
+from fedcomp.algorithms import ALGORITHMS, CONFIG_CHECKS
 from fedcomp.core import trainer
 from fedcomp.core.algorithm import AlgorithmContext
 from fedcomp.core.centralised import make_epoch_fn
@@ -451,6 +451,8 @@ def build_algorithm(
     cohort_fraction=config.cohort_size / num_clients,
   )
   make_algorithm = ALGORITHMS[config.algorithm_name]
+  if config.algorithm_name in CONFIG_CHECKS:
+    CONFIG_CHECKS[config.algorithm_name](config, model)
   alg_kwargs = check_kwargs(
     make_algorithm, section('algorithm'), 'algorithm', f'algorithm {config.algorithm_name!r}'
   )

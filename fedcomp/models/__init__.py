@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fedcomp.models import autoencoder, cnn, mlp, resnet, simple_cnn, vgg
+from fedcomp.models import autoencoder, cnn, mlp, resnet, simple_cnn, split_cnn, split_mlp, vgg
 from fedcomp.models.flops import count_matmul_flops
 from fedcomp.models.taps import recording
 from fedcomp.registry import check_kwargs, lookup
@@ -30,6 +30,8 @@ MODELS = {
   'mlp': mlp.Model,
   'resnet': resnet.Model,
   'simple_cnn': simple_cnn.Model,
+  'split_cnn': split_cnn.Model,
+  'split_mlp': split_mlp.Model,
   'vgg': vgg.Model,
 }
 

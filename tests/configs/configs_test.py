@@ -29,6 +29,7 @@ CONFIG_ARGS = {
   'dream': ['runlocal'],
   'export': ['runlocal'],
   'autocompress': ['runlocal'],
+  'hovefl': ['runlocal', 'accumulate=true,weighting=examples,runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 # Smoke runs of minutes whose code paths faster tests cover (federated pruning:

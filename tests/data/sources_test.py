@@ -197,4 +197,4 @@ def test_load_source_errors():
 
 def test_registries():
   assert set(SOURCES) == {'digits', 'idx', 'tfds', 'synthetic', 'random'}
-  assert set(PARTITIONS) == {'iid', 'shards', 'dirichlet', 'quantity', 'natural'}
+  assert set(PARTITIONS) == {'iid', 'shards', 'dirichlet', 'quantity', 'natural', 'hovefl'}

@@ -21,6 +21,8 @@ BATTERY = {
   'resnet': ('resnet', {'depth': 8, 'width': 0.5}, (28, 28, 1), 10, 7),
   'vgg': ('vgg', {'depth': 11, 'width': 0.125}, (32, 32, 3), 10, 8),
   'autoencoder': ('autoencoder', {}, (784,), None, 0),
+  'split_mlp': ('split_mlp', {}, (28, 28, 1), 10, 0),
+  'split_cnn': ('split_cnn', {}, (32, 32, 3), 10, 0),
 }
 
 

@@ -22,10 +22,13 @@ BATTERY = {
   'mlp': {'hidden': (16,), 'batch_norm': True},
   'resnet': {'depth': 20},
   'simple_cnn': {'features': (4,), 'dense': 8},
+  'split_cnn': {'axis': 'columns', 'padding': 'SAME', 'features': (3, 4), 'dense': (8,)},
+  'split_mlp': {'bottom_width': 8, 'hidden': 16},
   'vgg': {'depth': 11},
 }
 # The logits layer of each battery classifier.
-HEADS = {'cnn': 'dense1', 'mlp': 'dense1', 'resnet': 'head', 'simple_cnn': 'dense1', 'vgg': 'head'}
+HEADS = {'cnn': 'dense1', 'mlp': 'dense1', 'resnet': 'head', 'simple_cnn': 'dense1', 'vgg': 'head',
+         'split_cnn': 'top/dense1', 'split_mlp': 'top/dense1'}  # fmt: skip
 
 
 @pytest.fixture(scope='module')
@@ -49,7 +52,9 @@ def test_every_classifier_taps_the_input_of_its_logits_layer(name):
   out, state, taps = model.taps(model.params, model.state, x)
   assert 'penultimate' in model.feature_names
   assert tuple(taps['features']) == model.feature_names
-  head = model.params[HEADS[name]]
+  head = model.params
+  for key in HEADS[name].split('/'):
+    head = head[key]
   penultimate = taps['features']['penultimate']
   assert penultimate.shape == (3, head['kernel'].shape[0])
   np.testing.assert_allclose(out, penultimate @ head['kernel'] + head['bias'], rtol=1e-5, atol=1e-5)
@@ -175,7 +180,7 @@ def test_eval_deterministic_and_dropout_drops(digits_cnn):
 
 def test_unknown_model_name_lists_known():
   with pytest.raises(
-    ConfigError, match=r"config.model_name='vit'.*cnn, mlp, resnet, simple_cnn, vgg"
+    ConfigError, match=r"config.model_name=.vit.*cnn, mlp, resnet, simple_cnn, split_cnn, split_mlp"
   ):
     build_model('vit', {}, *DIGITS, seed=0)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedcomp.utils.plot_metrics import plot_runs, read_metric
+from fedcomp.utils.plot_metrics import mean_std_curve, plot_runs, read_curves, read_metric
 
 
 def write_run(path, rows):
@@ -28,3 +28,22 @@ def test_missing_metric_and_label_mismatch(tmp_path):
     read_metric(str(tmp_path / 'a'), 'eval/accuracy')
   with pytest.raises(ValueError, match='1 workdirs but 2 labels'):
     plot_runs([str(tmp_path / 'a')], ['A', 'B'], 'train/loss', str(tmp_path / 'x.png'))
+
+
+def test_a_sweep_directory_is_the_mean_and_std_over_its_runs(tmp_path):
+  sweep = tmp_path / 'sweep'
+  sweep.mkdir()
+  write_run(sweep / 'seed=0', [{'round': 1, 'eval/loss': 1.0}, {'round': 2, 'eval/loss': 0.5}])
+  write_run(sweep / 'seed=1', [{'round': 1, 'eval/loss': 3.0}, {'round': 2, 'eval/loss': 0.5},
+                               {'round': 3, 'eval/loss': 0.1}])  # fmt: skip
+  (sweep / 'notes').mkdir()  # not a run
+  curves = read_curves(str(sweep), 'eval/loss')
+  assert len(curves) == 2
+  rounds, mean, std = mean_std_curve(curves)
+  assert rounds == [1, 2] and mean == [2.0, 0.5]  # only rounds both log
+  assert std == pytest.approx([2**0.5, 0.0])  # sample std of (1, 3) and (0.5, 0.5)
+  out = tmp_path / 'loss.png'
+  plot_runs([str(sweep), str(sweep / 'seed=0')], ['mean', 'one'], 'eval/loss', str(out))
+  assert out.read_bytes()[:4] == b'\x89PNG'
+  with pytest.raises(FileNotFoundError, match='no runs'):
+    read_curves(str(sweep / 'notes'), 'eval/loss')

@@ -197,4 +197,5 @@ def with_pruning(
     reducer=alg.reducer,  # reducers map over any update pytree: PrunedUpdate as a whole
     personal_model=personal(alg.personal_model),
     global_model=personal(alg.global_model),
+    client_table=alg.client_table,
   )

@@ -1,6 +1,6 @@
 """Partitions: name -> `partition(dataset, num_clients, rng, **kwargs) -> list[index array]`."""
 
-from fedcomp.data.partitions import dirichlet, iid, natural, quantity, shards
+from fedcomp.data.partitions import dirichlet, hybrid, iid, natural, quantity, shards
 
 PARTITIONS = {
   'iid': iid.partition,
@@ -8,4 +8,5 @@ PARTITIONS = {
   'dirichlet': dirichlet.partition,
   'quantity': quantity.partition,
   'natural': natural.partition,
+  'hovefl': hybrid.partition,
 }
