@@ -180,7 +180,7 @@ def test_eval_deterministic_and_dropout_drops(digits_cnn):
 
 def test_unknown_model_name_lists_known():
   with pytest.raises(
-    ConfigError, match=r"config.model_name=.vit.*cnn, mlp, resnet, simple_cnn, split_cnn, split_mlp"
+    ConfigError, match=r'config.model_name=.vit.*cnn, mlp, resnet, simple_cnn, split_cnn, split_mlp'
   ):
     build_model('vit', {}, *DIGITS, seed=0)
 
