@@ -55,7 +55,7 @@ def get_config(arg=None):
   c.baselines = (0.25, 0.5, 0.75)
   c.final = ml_collections.ConfigDict({'steps': 1000})
   c.latency = ml_collections.ConfigDict(
-    {'table': config_dict.placeholder(str), 'threads': 1, 'repeats': 100}
+    {'table': config_dict.placeholder(str), 'threads': 1, 'repeats': 100, 'calibration_models': 8}
   )
   c.eval_batch_size = 500
   if arg.runlocal:
@@ -71,6 +71,7 @@ def get_config(arg=None):
     c.distill.batch_size = 16
     c.final.steps = 3
     c.latency.repeats = 5
+    c.latency.calibration_models = 2
     c.baselines = (0.5,)
     c.search.ratios = (0.5, 1.0)
   return c

@@ -76,7 +76,7 @@ SECTIONS = {
   ),  # fmt: skip
   'policy': ('hidden', 'learning_rate', 'baseline_decay', 'init_from'),
   'final': ('steps',),
-  'latency': ('table', 'threads', 'repeats'),
+  'latency': ('table', 'threads', 'repeats', 'calibration_models'),
 }
 MODES = ('masked', 'materialized')
 FIELDS = ('episode', 'candidate', 'plan', 'keep', 'ratio', 'params', 'bytes', 'latency_ms',
@@ -116,6 +116,7 @@ def validate(config) -> None:
   RewardWeights(**config.reward).check('reward')
   _positive_int(config.latency.threads, 'latency.threads')
   _positive_int(config.latency.repeats, 'latency.repeats')
+  _positive_int(config.latency.calibration_models, 'latency.calibration_models')
   if config.deployment.classes is not None and not len(config.deployment.classes):
     raise ConfigError('config.deployment.classes is empty: a deployment needs at least one class')
   init = config.policy.init_from
@@ -162,6 +163,8 @@ class _Search:
     self.removable = jnp.asarray(self.space.removable)
     table_path = config.latency.table or rd.path('latency_table.json')
     self.table = latency.LatencyTable(table_path, config.latency.threads, config.latency.repeats)
+    if self.table.calibration is None:
+      self._calibrate(config.latency.calibration_models)
     self.policy = TwoStagePolicy(self.emb.shape[1], len(s.ratios), config.policy.hidden,
                                  config.seed)  # fmt: skip
     self.init, self.update = reinforce(
@@ -188,6 +191,29 @@ class _Search:
 
   def _check(self, model) -> None:
     del model
+
+  def measure_plan(self, plan) -> float:
+    """Whole-model batch-1 latency (ms) of a vgg with this plan, timed like the table's
+    layers (weights do not matter)."""
+    cfg = self.config
+    model = models.build_model('vgg', {'plan': list(plan)}, self.shape, len(self.classes), 0)
+    fn = lambda x: model.apply(model.params, model.state, x)[0]  # noqa: E731
+    return latency.time_onnx(fn, self.shape, cfg.latency.threads, cfg.latency.repeats)
+
+  def _calibrate(self, count: int) -> None:
+    """Fits the table's calibration on the teacher and `count` random candidates."""
+    rng = np.random.default_rng([self.config.seed, 7])
+    n, plans = self.space.num_layers, [self.space.plan]
+    for _ in range(count):
+      keep = np.where(self.space.removable, rng.random(n) < 0.7, True)
+      plans.append(self.space.candidate_plan(keep, rng.integers(0, len(self.space.ratios), n)))
+    num = len(self.classes)
+    sums = [self.table.layer_sum(latency.vgg_signatures(p, self.shape, num), self.shape)
+            for p in plans]  # fmt: skip
+    measured = [self.measure_plan(p) for p in plans]
+    scale, offset = self.table.calibrate(sums, measured)
+    logging.info('latency table calibrated on %d whole models: measured = %.3f x layer sum '
+                 '+ %.4f ms', len(plans), scale, offset)  # fmt: skip
 
   def _teacher_stats(self, teacher_fn) -> dict:
     logits = np.asarray(teacher_fn(self.heldout_x))
@@ -350,10 +376,27 @@ def _run(config, rd) -> dict:
     'best': best,
     'final': final,
     'baselines': baselines,
+    'latency_check': _latency_check(baselines, final, search.table.calibration),
   }
   _plot(rd, rows, baselines, teacher)
   rd.write_json('summary.json', summary, indent=2, sort_keys=True)
   return summary
+
+
+def _latency_check(baselines, final, calibration) -> dict:
+  """Predicted vs measured whole-model latency of the uniform baselines and the final
+  student (models the calibration did not see): relative errors and their maximum."""
+  models = [{'plan': b['plan'], 'predicted_ms': b['latency_ms'],
+             'measured_ms': b['latency_ms_measured']}
+            for b in baselines if 'latency_ms_measured' in b]  # fmt: skip
+  if final is not None:
+    models.append({'plan': ' '.join(map(str, final['plan'])),
+                   'predicted_ms': final['latency_ms_predicted'],
+                   'measured_ms': final['latency_ms_measured']})  # fmt: skip
+  for m in models:
+    m['relative_error'] = m['predicted_ms'] / m['measured_ms'] - 1
+  worst = max((abs(m['relative_error']) for m in models), default=None)
+  return {'calibration': calibration, 'models': models, 'max_abs_relative_error': worst}
 
 
 def _baselines(config, search, weights, teacher) -> list[dict]:
@@ -372,6 +415,8 @@ def _baselines(config, search, weights, teacher) -> list[dict]:
     out = _score(search, -1, keep, ratio, key)
     for r, b in zip(out, config.baselines):
       r['width'], r['kind'] = b, 'uniform'
+    for r in out:  # the table's check on whole models it was not fitted on
+      r['latency_ms_measured'] = search.measure_plan(sp.parse_plan(r['plan']))
     out += [_pruned_baseline(config, search, r, key) for r in list(out)]
     for r in out:
       student = {'accuracy': r['accuracy'], 'latency_ms': r['latency_ms'],

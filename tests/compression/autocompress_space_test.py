@@ -103,6 +103,17 @@ def test_latency_signatures_by_hand_and_the_table_measures_each_layer_once(tmp_p
   assert first == pytest.approx(2.0 + sum(range(1, len(calls))))
   again = latency.LatencyTable(str(tmp_path / 'lat.json')).predict(sigs, (28, 28, 1))
   assert again == first and len(calls) == len(set(sigs)) + 1  # read from the cache
+  # Calibration: the least-squares line through (layer sum, measured) by hand, then every
+  # prediction is scale * layer sum + offset, also after reloading the cache.
+  scale, offset = table.calibrate([1.0, 2.0, 3.0], [2.0, 3.0, 5.0])
+  # mean x 2, mean y 10/3; slope = sum((x-2)(y-10/3)) / sum((x-2)^2) = 3/2; offset 1/3.
+  assert (scale, offset) == pytest.approx((1.5, 1.0 / 3.0))
+  reloaded = latency.LatencyTable(str(tmp_path / 'lat.json'))
+  assert reloaded.calibration == pytest.approx((1.5, 1.0 / 3.0))
+  assert reloaded.predict(sigs, (28, 28, 1)) == pytest.approx(1.5 * first + 1.0 / 3.0)
+  assert latency.LatencyTable(str(tmp_path / 'lat.json'), threads=2).calibration is None
+  with pytest.raises(ValueError, match='two models of different latency'):
+    table.calibrate([1.0, 1.0], [2.0, 3.0])
 
 
 def sharp_teacher(teacher, seed):

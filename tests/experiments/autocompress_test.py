@@ -47,6 +47,12 @@ def test_a_search_writes_its_rows_policy_and_an_exportable_student(searched):
   n = sum(a.size for a in jax.tree.leaves(saved.params))
   assert n == int(best['params'])  # the row's parameter count is the real model's
   assert 0.0 <= summary['final']['test_accuracy'] <= 1.0
+  # The latency table was calibrated, and checked on whole models it was not fitted on.
+  check = summary['latency_check']
+  assert check['calibration'] is not None
+  assert len(check['models']) == len(config.baselines) + 1  # uniform baselines + final student
+  for m in check['models']:
+    assert m['relative_error'] == pytest.approx(m['predicted_ms'] / m['measured_ms'] - 1)
 
 
 @pytest.mark.slow  # two more searches (about a minute)

@@ -4,8 +4,11 @@
 A candidate's latency is predicted as the sum of its layers' measured latencies plus the
 runtime's per-call overhead (an identity graph's latency); each distinct layer (kind and
 shape) is converted to ONNX with fedcomp.deploy and timed once, then read from the cache
-(a JSON file keyed by the layer's signature and the thread count). Whole candidates can be
-timed the same way (`measure_model`) to check the table.
+(a JSON file keyed by the layer's signature and the thread count). A sum of isolated layers
+misses what a whole graph costs between them (measured here: ~0.6x the whole model), so the
+table is calibrated once on whole models timed the same way: measured ≈ scale · sum + offset
+(least squares over a few random candidates and the teacher), stored with the entries; the
+search then checks the calibrated prediction on models it did not fit (the uniform baselines).
 
 References: He et al. 2018, "AMC" (ECCV) and Yang et al. 2018, "NetAdapt" (ECCV):
 per-layer latency lookup tables measured on the device.
@@ -120,11 +123,47 @@ class LatencyTable:
     """The runtime's per-call cost: an identity graph over the input."""
     return self.layer_ms(('identity', *[int(d) for d in input_shape]))
 
-  def predict(self, signatures: Sequence[Signature], input_shape: Sequence[int]) -> float:
-    """Predicted batch-1 latency (ms) of a model made of these layers: the per-layer
-    latencies, each without the runtime's per-call overhead, plus one overhead."""
+  def layer_sum(self, signatures: Sequence[Signature], input_shape: Sequence[int]) -> float:
+    """The per-layer latencies, each without the runtime's per-call overhead, plus one
+    overhead (ms): the uncalibrated prediction."""
     base = self.overhead_ms(input_shape)
     return base + sum(max(0.0, self.layer_ms(s) - base) for s in signatures)
+
+  @property
+  def calibration(self) -> tuple[float, float] | None:
+    """(scale, offset) of the fitted calibration, or None."""
+    keys = [f'{self.threads}:calibration:{k}' for k in ('scale', 'offset')]
+    if not all(k in self.entries for k in keys):
+      return None
+    return self.entries[keys[0]], self.entries[keys[1]]
+
+  def calibrate(
+    self, layer_sums: Sequence[float], measured: Sequence[float]
+  ) -> tuple[float, float]:
+    """Fits measured ≈ scale · layer_sum + offset by least squares and stores it.
+
+    Args:
+      layer_sums: `layer_sum` of each calibration model.
+      measured: each one's whole-model latency (ms), timed like the layers.
+
+    Returns:
+      (scale, offset).
+    """
+    x, y = np.asarray(layer_sums, np.float64), np.asarray(measured, np.float64)
+    if len(x) < 2 or np.ptp(x) == 0:
+      raise ValueError('calibration needs at least two models of different latency')
+    scale, offset = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+    self.entries[f'{self.threads}:calibration:scale'] = float(scale)
+    self.entries[f'{self.threads}:calibration:offset'] = float(offset)
+    self._save()
+    return float(scale), float(offset)
+
+  def predict(self, signatures: Sequence[Signature], input_shape: Sequence[int]) -> float:
+    """Predicted batch-1 latency (ms): the calibrated layer sum (the plain sum until
+    `calibrate` has run)."""
+    raw = self.layer_sum(signatures, input_shape)
+    cal = self.calibration
+    return raw if cal is None else cal[0] * raw + cal[1]
 
   def _save(self) -> None:
     tmp = self.path + '.tmp'

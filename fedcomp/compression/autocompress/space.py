@@ -33,6 +33,11 @@ from fedcomp.models.resnet import BN
 POOL = vgg.POOL
 
 
+def parse_plan(text: str) -> tuple:
+  """A plan written as in search.csv ('8 M 16 M') back to (8, 'M', 16, 'M')."""
+  return tuple(POOL if item == POOL else int(item) for item in text.split())
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
   """The teacher's convs and the choices per conv.
