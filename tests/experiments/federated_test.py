@@ -126,11 +126,12 @@ BAD_INPUTS = [
   ({'partition_name': 'x'}, r"config.partition_name='x' is unknown; known: dirichlet, "),
   (
     {'model_name': 'vit'},
-    r"config.model_name='vit' is unknown; known: autoencoder, cnn, mlp, resnet, simple_cnn, vgg",
+    r"config.model_name='vit' is unknown; known: autoencoder, cnn, mlp, resnet, simple_cnn, "
+    r'split_cnn, split_mlp, vgg',
   ),
   (
     {'algorithm_name': 'fedx'},
-    r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_per, fed_prox, scaffold",
+    r"config.algorithm_name='fedx' is unknown; known: fed_avg, fed_per, fed_prox, hovefl, scaffold",
   ),
   ({'task_name': 'gan'}, r"config.task_name='gan' is unknown; known: classification, "),
   ({'aggregator_name': 'krum'}, r"config.aggregator_name='krum' is unknown; known: mean, median"),
