@@ -229,6 +229,11 @@ def check_config(config, model) -> None:
       f'{p.get("num_horizontal", 0)}) must be {h + groups} and {h}: {h} horizontal clients '
       f'+ {v} vertical devices / {parties(model.params)} parties'
     )
+  if config.get('aggregator_name', 'mean') != 'mean':
+    raise ConfigError(
+      f'config.aggregator_name={config.aggregator_name!r}: hovefl aggregates by population '
+      "(config.algorithm.weighting); leave aggregator_name='mean'"
+    )
   if config.cohort_size != h + groups:
     raise ConfigError(
       f'config.cohort_size={config.cohort_size}: every HoVeFL client trains every round '

@@ -243,6 +243,22 @@ def test_bad_layouts_fail_in_one_line():
     ALGORITHMS['hovefl'](ctx_for(build_model('mlp', {}, SHAPE, 3, 0)), num_vertical=2)
   with pytest.raises(ConfigError, match='weighting'):
     hovefl.make(ctx_for(split_mlp()), weighting='pooled')
+  from configs import hovefl as cfg
+  from fedcomp.algorithms import CONFIG_CHECKS
+
+  config = cfg.get_config('runlocal')
+  model = build_model(config.model_name, config.model, (8, 8, 1), 10, 0)
+  CONFIG_CHECKS['hovefl'](config, model)  # the config file's own layout passes
+  cases = [
+    ('aggregator_name', 'median', 'aggregates by population'),
+    ('cohort_size', 5, 'every HoVeFL client trains'),
+    ('partition_name', 'iid', "needs partition_name='hovefl'"),
+  ]
+  for key, value, match in cases:
+    bad = cfg.get_config('runlocal')
+    bad[key] = value
+    with pytest.raises(ConfigError, match=match):
+      CONFIG_CHECKS['hovefl'](bad, model)
   alg, model = hv('populations')
   fr = round_for(alg, num_clients=4)
   with pytest.raises(ConfigError, match='2 horizontal clients \\+ 1 vertical groups != .* 4'):
