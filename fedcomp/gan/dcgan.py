@@ -1,0 +1,93 @@
+"""The FSL-GAN notebook's DCGAN: a generator (noise → 28×28×1 in [−1, 1]) and a
+discriminator cut into sequential parts A, B, C that can run on different devices.
+
+Discriminator parts (5×5 convs, stride 2, SAME, LeakyReLU 0.3, dropout 0.3 when training):
+A = Conv(1→64) (1,664 params), B = Conv(64→128) (204,928), C = Conv(128→256) + flatten +
+Dense(1) (823,553 on 28×28 inputs): the notebook's THRESHOLD. Generator: Dense(100→7·7·256,
+no bias)–BN–LeakyReLU → ConvT(128, 5×5, s1)–BN–LReLU → ConvT(64, s2)–BN–LReLU → ConvT(1, s2),
+tanh (Radford et al.'s DCGAN as in the TensorFlow tutorial the notebook follows).
+
+References: Kortoçi et al. 2022, "Federated Split GANs" (arXiv 2207.01750), notebook
+`dcsfgan_3parts.ipynb`; Radford et al. 2016, "Unsupervised Representation Learning with
+Deep Convolutional GANs" (ICLR).
+"""
+
+import jax
+from flax import nnx
+
+PART_NAMES = ('A', 'B', 'C')
+SLOPE = 0.3  # Keras LeakyReLU's default alpha, as the notebook
+
+
+class DiscriminatorPart(nnx.Module):
+  """One conv stage (stride 2, LeakyReLU, dropout); the last also flattens and scores."""
+
+  def __init__(self, cin: int, cout: int, rngs: nnx.Rngs, *, head_inputs: int = 0):
+    self.conv = nnx.Conv(cin, cout, (5, 5), strides=(2, 2), padding='SAME', rngs=rngs)
+    self.dropout = nnx.Dropout(0.3, rngs=rngs)
+    self.head = nnx.Linear(head_inputs, 1, rngs=rngs) if head_inputs else None
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    h = jax.nn.leaky_relu(self.conv(x), SLOPE)
+    if train:
+      h = self.dropout(h)
+    if self.head is None:
+      return h
+    return self.head(h.reshape(h.shape[0], -1))
+
+
+class Discriminator(nnx.Module):
+  """Parts A, B, C in forward order (`parts`), one real/fake logit per image."""
+
+  def __init__(self, input_shape=(28, 28, 1), rngs: nnx.Rngs | None = None):
+    rngs = rngs or nnx.Rngs(0)
+    h, w, c = input_shape
+    for _ in range(3):
+      h, w = -(-h // 2), -(-w // 2)
+    self.A = DiscriminatorPart(c, 64, rngs)
+    self.B = DiscriminatorPart(64, 128, rngs)
+    self.C = DiscriminatorPart(128, 256, rngs, head_inputs=h * w * 256)
+
+  @property
+  def parts(self) -> tuple[DiscriminatorPart, ...]:
+    return tuple(getattr(self, n) for n in PART_NAMES)
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    for part in self.parts:
+      x = part(x, train=train)
+    return x[:, 0]
+
+
+class Generator(nnx.Module):
+  """Noise (B, noise_dim) → images (B, 28, 28, 1) in [−1, 1]."""
+
+  def __init__(self, noise_dim: int = 100, rngs: nnx.Rngs | None = None):
+    rngs = rngs or nnx.Rngs(0)
+    self.dense = nnx.Linear(noise_dim, 7 * 7 * 256, use_bias=False, rngs=rngs)
+    self.bn0 = nnx.BatchNorm(7 * 7 * 256, rngs=rngs)
+    self.up1 = nnx.ConvTranspose(
+      256, 128, (5, 5), strides=(1, 1), padding='SAME', use_bias=False, rngs=rngs
+    )
+    self.bn1 = nnx.BatchNorm(128, rngs=rngs)
+    self.up2 = nnx.ConvTranspose(
+      128, 64, (5, 5), strides=(2, 2), padding='SAME', use_bias=False, rngs=rngs
+    )
+    self.bn2 = nnx.BatchNorm(64, rngs=rngs)
+    self.up3 = nnx.ConvTranspose(
+      64, 1, (5, 5), strides=(2, 2), padding='SAME', use_bias=False, rngs=rngs
+    )
+
+  def __call__(self, z: jax.Array, *, train: bool = False) -> jax.Array:
+    ura = not train
+    h = jax.nn.leaky_relu(self.bn0(self.dense(z), use_running_average=ura), SLOPE)
+    h = h.reshape(z.shape[0], 7, 7, 256)
+    h = jax.nn.leaky_relu(self.bn1(self.up1(h), use_running_average=ura), SLOPE)
+    h = jax.nn.leaky_relu(self.bn2(self.up2(h), use_running_average=ura), SLOPE)
+    return jax.nn.tanh(self.up3(h))
+
+
+def part_sizes(discriminator: Discriminator) -> tuple[int, ...]:
+  """Parameters of each part, in forward order (the placement's capacity unit)."""
+  return tuple(
+    sum(v.size for v in jax.tree.leaves(nnx.state(p, nnx.Param))) for p in discriminator.parts
+  )

@@ -1,0 +1,84 @@
+"""FSL-GAN building blocks: the notebook's DCGAN sizes, placement and the simulated clock,
+against the notebook's case and hand computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fedcomp.errors import ConfigError
+from fedcomp.gan import clock
+from fedcomp.gan.dcgan import Discriminator, Generator, part_sizes
+from fedcomp.gan.placement import Device, place, place_users
+
+THRESHOLD = (1664, 204928, 823553)  # the notebook's part sizes
+
+
+def test_dcgan_sizes_match_the_notebook():
+  d = Discriminator((28, 28, 1), nnx.Rngs(0))
+  assert part_sizes(d) == THRESHOLD
+  g = Generator(100, nnx.Rngs(0))
+  # The TensorFlow DCGAN tutorial's generator: 2,305,472 trainable parameters.
+  assert sum(v.size for v in jax.tree.leaves(nnx.state(g, nnx.Param))) == 2_305_472
+  z = jax.random.normal(jax.random.key(0), (3, 100))
+  images = g(z)
+  assert images.shape == (3, 28, 28, 1) and float(jnp.abs(images).max()) <= 1.0
+
+
+def test_the_split_discriminator_computes_the_unsplit_function():
+  d = Discriminator((28, 28, 1), nnx.Rngs(1))
+  x = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1), minval=-1, maxval=1)
+  h = x
+  for part in d.parts:  # as three devices would, passing activations on
+    h = part(h)
+  np.testing.assert_allclose(h[:, 0], d(x), rtol=1e-6)
+  # and by hand for part A: conv, LeakyReLU(0.3)
+  a = jax.lax.conv_general_dilated(x, d.A.conv.kernel.value, (2, 2), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # fmt: skip
+  a = a + d.A.conv.bias.value
+  np.testing.assert_allclose(d.A(x), np.where(a > 0, a, 0.3 * a), rtol=1e-5, atol=1e-6)
+
+
+def test_placement_on_the_notebook_case():
+  users = [[Device(823_553, 1.0)] * 3 for _ in range(5)]
+  placements = place_users(THRESHOLD, users, 'given')
+  assert [p.device_of_part for p in placements] == [(0, 0, 1)] * 5  # A+B on 1, C on 2
+  assert all(p.hops() == 1 for p in placements)
+
+
+def test_a_user_that_cannot_host_every_part_is_dropped():
+  # A fits on device 0 (1,664), B does not fit in what is left (198,336): device 1 takes B,
+  # then C (823,553) exceeds its remaining 595,072 and there is no third device.
+  p = place(THRESHOLD, [Device(200_000, 1.0), Device(800_000, 1.0)])
+  assert p.dropped and p.hops() == 0
+  users = [[Device(2_000_000, 1.0)], [Device(200_000, 1.0), Device(800_000, 1.0)]]
+  placements = place_users(THRESHOLD, users, 'given')
+  assert [p.dropped for p in placements] == [False, True]
+
+
+def test_device_orders():
+  devices = [Device(300_000, 2.0), Device(1_100_000, 0.5), Device(900_000, 1.0)]
+  assert place(THRESHOLD, devices, 'capacity').device_of_part == (1, 1, 1)
+  assert place(THRESHOLD, devices, 'time').order == (1, 2, 0)
+  # given order: device 0 takes A and B (206,592 of 300,000), C goes to device 1.
+  assert place(THRESHOLD, devices, 'given').device_of_part == (0, 0, 1)
+  random = place(THRESHOLD, devices, 'random', np.random.default_rng(0))
+  assert sorted(random.order) == [0, 1, 2]
+  with pytest.raises(ConfigError, match='unknown; known: given, random, time, capacity'):
+    place(THRESHOLD, devices, 'fastest')
+
+
+def test_the_clock_by_hand():
+  devices = [Device(10**6, 2.0), Device(10**6, 3.0)]
+  p = place((1, 2, 10**6 - 2), devices)  # A, B on device 0 (1 + 2), C on device 1
+  assert p.device_of_part == (0, 0, 1)
+  part_ms = (1.0, 4.0, 10.0)
+  # 1·2 + 4·2 + 10·3 = 40 ms of compute, one hop of 50 ms.
+  assert clock.user_time_ms(p, devices, part_ms) == pytest.approx(90.0)
+  fast = [Device(10**6, 1.0)]
+  q = place((1, 2, 3), fast)
+  assert clock.user_time_ms(q, fast, part_ms, link_ms=20.0) == pytest.approx(15.0)
+  # The epoch takes the slowest kept user, times the steps; dropped users do not count.
+  dropped = place((10**7,), fast)
+  assert clock.epoch_time_ms([p, q, dropped], [devices, fast, fast], part_ms, steps=3) == 270.0
