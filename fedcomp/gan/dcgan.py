@@ -24,13 +24,13 @@ class DiscriminatorPart(nnx.Module):
 
   def __init__(self, cin: int, cout: int, rngs: nnx.Rngs, *, head_inputs: int = 0):
     self.conv = nnx.Conv(cin, cout, (5, 5), strides=(2, 2), padding='SAME', rngs=rngs)
-    self.dropout = nnx.Dropout(0.3, rngs=rngs)
+    self.dropout = nnx.Dropout(0.3)
     self.head = nnx.Linear(head_inputs, 1, rngs=rngs) if head_inputs else None
 
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool = False, key=None) -> jax.Array:
     h = jax.nn.leaky_relu(self.conv(x), SLOPE)
-    if train:
-      h = self.dropout(h)
+    if train:  # dropout only when training (needs a key); inference graphs have none
+      h = self.dropout(h, rngs=key)
     if self.head is None:
       return h
     return self.head(h.reshape(h.shape[0], -1))
@@ -52,9 +52,10 @@ class Discriminator(nnx.Module):
   def parts(self) -> tuple[DiscriminatorPart, ...]:
     return tuple(getattr(self, n) for n in PART_NAMES)
 
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    for part in self.parts:
-      x = part(x, train=train)
+  def __call__(self, x: jax.Array, *, train: bool = False, key=None) -> jax.Array:
+    keys = jax.random.split(key, 3) if train else (None,) * 3
+    for part, k in zip(self.parts, keys):
+      x = part(x, train=train, key=k)
     return x[:, 0]
 
 
@@ -77,7 +78,8 @@ class Generator(nnx.Module):
       64, 1, (5, 5), strides=(2, 2), padding='SAME', use_bias=False, rngs=rngs
     )
 
-  def __call__(self, z: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, z: jax.Array, *, train: bool = False, key=None) -> jax.Array:
+    del key  # no dropout
     ura = not train
     h = jax.nn.leaky_relu(self.bn0(self.dense(z), use_running_average=ura), SLOPE)
     h = h.reshape(z.shape[0], 7, 7, 256)

@@ -82,3 +82,40 @@ def test_the_clock_by_hand():
   # The epoch takes the slowest kept user, times the steps; dropped users do not count.
   dropped = place((10**7,), fast)
   assert clock.epoch_time_ms([p, q, dropped], [devices, fast, fast], part_ms, steps=3) == 270.0
+
+
+def test_the_generator_gradient_is_the_sum_of_the_users_gradients():
+  from fedcomp.gan import losses
+
+  g_apply, gp, gs = losses.pure(Generator(8, nnx.Rngs(0)))
+  d_apply, _, _ = losses.pure(Discriminator((28, 28, 1), nnx.Rngs(0)))
+  users = [losses.pure(Discriminator((28, 28, 1), nnx.Rngs(u + 1))) for u in range(3)]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[u[1] for u in users])
+  states = jax.tree.map(lambda *a: jnp.stack(a), *[u[2] for u in users])
+  z = jax.random.normal(jax.random.key(3), (4, 8))
+  key = jax.random.key(4)
+
+  def total(p):
+    return losses.generator_loss(g_apply, p, gs, d_apply, stacked, states, z, key)[0]
+
+  def one_by_one(p, u):  # user u alone, with the key the batch gives it
+    fakes = g_apply(p, gs, z, train=True)[0]
+    k = jax.random.fold_in(key, u)
+    logits = d_apply(users[u][1], users[u][2], fakes, train=True, key=k)[0]
+    return losses.bce(logits, 1.0).mean()
+
+  grads = jax.grad(total)(gp)
+  summed = jax.tree.map(lambda *g: sum(g), *[jax.grad(one_by_one)(gp, u) for u in range(3)])
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(summed)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+  # The discriminator loss by hand: BCE(x, 1) = softplus(-x), BCE(x, 0) = softplus(x).
+  real = jax.random.uniform(jax.random.key(5), (3, 28, 28, 1))
+  mask = jnp.array([True, True, False])
+  fakes = g_apply(gp, gs, z)[0]
+  p0, s0 = users[0][1], users[0][2]
+  loss = losses.discriminator_loss(d_apply, p0, s0, real, mask, fakes, key)
+  kr, kf = jax.random.split(key)
+  r = d_apply(p0, s0, real, train=True, key=kr)[0]
+  f = d_apply(p0, s0, fakes, train=True, key=kf)[0]
+  want = jax.nn.softplus(-r[:2]).mean() + jax.nn.softplus(f).mean()
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
