@@ -15,6 +15,8 @@ Deep Convolutional GANs" (ICLR).
 import jax
 from flax import nnx
 
+from fedcomp.errors import ConfigError
+
 PART_NAMES = ('A', 'B', 'C')
 SLOPE = 0.3  # Keras LeakyReLU's default alpha, as the notebook
 
@@ -60,29 +62,30 @@ class Discriminator(nnx.Module):
 
 
 class Generator(nnx.Module):
-  """Noise (B, noise_dim) → images (B, 28, 28, 1) in [−1, 1]."""
+  """Noise (B, noise_dim) → images (B, H, W, C) in [−1, 1] (H, W divisible by 4)."""
 
-  def __init__(self, noise_dim: int = 100, rngs: nnx.Rngs | None = None):
+  def __init__(self, noise_dim: int = 100, output_shape=(28, 28, 1),
+               rngs: nnx.Rngs | None = None):  # fmt: skip
     rngs = rngs or nnx.Rngs(0)
-    self.dense = nnx.Linear(noise_dim, 7 * 7 * 256, use_bias=False, rngs=rngs)
-    self.bn0 = nnx.BatchNorm(7 * 7 * 256, rngs=rngs)
-    self.up1 = nnx.ConvTranspose(
-      256, 128, (5, 5), strides=(1, 1), padding='SAME', use_bias=False, rngs=rngs
-    )
+    h, w, c = (int(d) for d in output_shape)
+    if h % 4 or w % 4:
+      raise ConfigError(f'the generator makes images of sides divisible by 4, not {h}x{w}')
+    self.base = (h // 4, w // 4)
+    width = self.base[0] * self.base[1] * 256
+    conv = dict(padding='SAME', use_bias=False, rngs=rngs)
+    self.dense = nnx.Linear(noise_dim, width, use_bias=False, rngs=rngs)
+    self.bn0 = nnx.BatchNorm(width, rngs=rngs)
+    self.up1 = nnx.ConvTranspose(256, 128, (5, 5), strides=(1, 1), **conv)
     self.bn1 = nnx.BatchNorm(128, rngs=rngs)
-    self.up2 = nnx.ConvTranspose(
-      128, 64, (5, 5), strides=(2, 2), padding='SAME', use_bias=False, rngs=rngs
-    )
+    self.up2 = nnx.ConvTranspose(128, 64, (5, 5), strides=(2, 2), **conv)
     self.bn2 = nnx.BatchNorm(64, rngs=rngs)
-    self.up3 = nnx.ConvTranspose(
-      64, 1, (5, 5), strides=(2, 2), padding='SAME', use_bias=False, rngs=rngs
-    )
+    self.up3 = nnx.ConvTranspose(64, c, (5, 5), strides=(2, 2), **conv)
 
   def __call__(self, z: jax.Array, *, train: bool = False, key=None) -> jax.Array:
     del key  # no dropout
     ura = not train
     h = jax.nn.leaky_relu(self.bn0(self.dense(z), use_running_average=ura), SLOPE)
-    h = h.reshape(z.shape[0], 7, 7, 256)
+    h = h.reshape(z.shape[0], *self.base, 256)
     h = jax.nn.leaky_relu(self.bn1(self.up1(h), use_running_average=ura), SLOPE)
     h = jax.nn.leaky_relu(self.bn2(self.up2(h), use_running_average=ura), SLOPE)
     return jax.nn.tanh(self.up3(h))

@@ -18,7 +18,7 @@ THRESHOLD = (1664, 204928, 823553)  # the notebook's part sizes
 def test_dcgan_sizes_match_the_notebook():
   d = Discriminator((28, 28, 1), nnx.Rngs(0))
   assert part_sizes(d) == THRESHOLD
-  g = Generator(100, nnx.Rngs(0))
+  g = Generator(100, (28, 28, 1), nnx.Rngs(0))
   # The TensorFlow DCGAN tutorial's generator: 2,305,472 trainable parameters.
   assert sum(v.size for v in jax.tree.leaves(nnx.state(g, nnx.Param))) == 2_305_472
   z = jax.random.normal(jax.random.key(0), (3, 100))
@@ -87,7 +87,7 @@ def test_the_clock_by_hand():
 def test_the_generator_gradient_is_the_sum_of_the_users_gradients():
   from fedcomp.gan import losses
 
-  g_apply, gp, gs = losses.pure(Generator(8, nnx.Rngs(0)))
+  g_apply, gp, gs = losses.pure(Generator(8, (28, 28, 1), nnx.Rngs(0)))
   d_apply, _, _ = losses.pure(Discriminator((28, 28, 1), nnx.Rngs(0)))
   users = [losses.pure(Discriminator((28, 28, 1), nnx.Rngs(u + 1))) for u in range(3)]
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *[u[1] for u in users])
@@ -119,3 +119,19 @@ def test_the_generator_gradient_is_the_sum_of_the_users_gradients():
   f = d_apply(p0, s0, fakes, train=True, key=kf)[0]
   want = jax.nn.softplus(-r[:2]).mean() + jax.nn.softplus(f).mean()
   np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+def test_frechet_distance_and_class_coverage_by_hand():
+  from fedcomp.gan.quality import class_coverage, frechet_distance
+
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(20000, 3)) * np.array([1.0, 2.0, 0.5])
+  b = rng.normal(size=(20000, 3)) * np.array([2.0, 2.0, 0.5]) + np.array([1.0, 0.0, 0.0])
+  # Diagonal covariances: ‖Δμ‖² + Σ (σa + σb − 2√(σa σb)) with variances σ: 1 + (1 + 4 − 4) = 2.
+  assert frechet_distance(a, b) == pytest.approx(2.0, abs=0.1)
+  assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+  acc = np.array([1.0, 1.0, 0.5, 0.5])
+  assert class_coverage(np.array([0, 1, 2, 3]), 4, acc) == pytest.approx(1.0)
+  # All in class 0: a_0 · 1/4 / (3/4) = 1/3; half in 0 and half in 2: (1/4 + .5/4) / .75 = 0.5.
+  assert class_coverage(np.zeros(8, int), 4, acc) == pytest.approx(1 / 3)
+  assert class_coverage(np.array([0, 0, 2, 2]), 4, acc) == pytest.approx(0.5)
