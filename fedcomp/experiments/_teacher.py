@@ -18,14 +18,14 @@ from fedcomp.optim import make_tx
 from fedcomp.registry import ConfigError
 
 
-def load_or_train_teacher(config, rd, dataset, check):
-  """(BuiltModel, params, state, meta) of the teacher: workdir/teacher if there (a rerun),
-  else loaded from teacher_workdir, else trained here and saved in workdir/teacher.
+def load_or_train_teacher(config, rd, dataset, check, name: str = 'teacher'):
+  """(BuiltModel, params, state, meta) of the teacher: workdir/<name> if there (a rerun),
+  else loaded from teacher_workdir, else trained here and saved in workdir/<name>.
   `check(model)` runs on the built teacher before anything is trained or written; then the
-  config is recorded."""
+  config is recorded. (FSL-GAN's quality classifier is loaded the same way, as 'classifier'.)"""
   workdir = rd.workdir
   shape = dataset.train['x'].shape[1:]
-  own = os.path.join(workdir, 'teacher')
+  own = os.path.join(workdir, name)
   source = config.teacher_workdir
   if source is None and os.path.exists(os.path.join(own, MODEL_JSON)):
     source = own
@@ -46,7 +46,7 @@ def load_or_train_teacher(config, rd, dataset, check):
   params, state = train_epochs(
     tasks.make_task('classification'), model.apply, model.params, model.state, train,
     epochs=t.epochs, batch_size=t.batch_size, tx=make_tx(t.tx_name, t.tx, 'teacher.tx'),
-    key=jax.random.key(config.seed), name='teacher',
+    key=jax.random.key(config.seed), name=name,
   )  # fmt: skip
   meta = describe(t.model_name, t.model, shape, dataset.num_classes, config.seed)
   meta['epochs'] = t.epochs

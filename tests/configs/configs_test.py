@@ -30,6 +30,7 @@ CONFIG_ARGS = {
   'export': ['runlocal'],
   'autocompress': ['runlocal'],
   'hovefl': ['runlocal', 'accumulate=true,weighting=examples,runlocal'],
+  'fsl_gan': ['runlocal'],
 }
 FMNIST = '/usr/share/datasets/fashion-mnist'
 # Smoke runs of minutes whose code paths faster tests cover (federated pruning:
@@ -54,6 +55,7 @@ SLOW = {
   ('dream', 'runlocal'),  # distill_test.py
   ('export', 'runlocal'),  # export_test.py
   ('autocompress', 'runlocal'),  # autocompress_test.py
+  ('fsl_gan', 'runlocal'),  # fsl_gan_test.py
 }
 
 
@@ -85,6 +87,9 @@ def test_runlocal_runs_two_rounds(name, arg, tmp_path):
     assert report['artifacts']['stablehlo']['bit_equal']
     return
   summary = get_run(config.experiment)(config, str(tmp_path))
+  if config.experiment == 'fsl_gan':
+    assert np.isfinite(summary['fid']) and (tmp_path / 'summary.json').exists()
+    return
   if config.experiment == 'autocompress':
     assert summary['candidates_evaluated'] == config.search.episodes * config.search.candidates
     assert (tmp_path / 'model.json').exists() and (tmp_path / 'pareto.png').exists()
