@@ -18,7 +18,15 @@ CONFIGS = sorted(
 CONFIGS.remove('common.py')
 # Configs of federated runs (the optimizers, prune, distill, export and autocompress
 # experiments' configs have no federated fields).
-NOT_FEDERATED = ('fishleg_autoencoder', 'prune', 'distill', 'dream', 'export', 'autocompress')
+NOT_FEDERATED = (
+  'fishleg_autoencoder',
+  'prune',
+  'distill',
+  'dream',
+  'export',
+  'autocompress',
+  'fsl_gan',
+)
 FEDERATED_CONFIGS = [c for c in CONFIGS if not c.startswith(NOT_FEDERATED)]
 
 
@@ -60,6 +68,8 @@ def test_every_config_documents_its_command_and_has_runlocal(name):
     assert config.latency_repeats <= 50
   elif config.experiment == 'autocompress':
     assert config.search.episodes * config.search.candidates <= 10
+  elif config.experiment == 'fsl_gan':
+    assert config.epochs <= 2 and config.data_name == 'digits'
   else:
     assert config.total_rounds <= 3
 
