@@ -38,7 +38,7 @@ import optax
 from fedcomp.algorithms import fed_avg
 from fedcomp.core.algorithm import AlgorithmContext, ClientOutput, FederatedAlgorithm
 from fedcomp.core.optimizer_step import OptimizerStep
-from fedcomp.core.reducers import combine_groups, grouped_sums
+from fedcomp.core.reducers import TINY, combine_groups, grouped_sums
 from fedcomp.errors import ConfigError
 from fedcomp.models.split import part_names
 
@@ -162,7 +162,7 @@ def make(
     if weighting == 'populations':
       return combine_groups(sums, weights, gamma)
     pooled = jax.tree.map(lambda x: x[0] + x[1], sums)
-    inverse = 1.0 / jnp.maximum(weights.sum(), 1e-12)
+    inverse = 1.0 / jnp.maximum(weights.sum(), TINY)
     return jax.tree.map(lambda x: x * inverse.astype(x.dtype), pooled)
 
   def server_init(params, model_state):
@@ -179,7 +179,7 @@ def make(
       new = inner.server_update(server.inner, combine(delta_sums, weights))
       return ServerState(*new, (), server.weights)
     # Σ_{i∈g} w_i · local_i = W_g · global − Σ_{i∈g} w_i Δ_i; add this round's to the lists'.
-    anchor = fed_avg.Update(server.inner.params, server.inner.model_state)
+    anchor = fed_avg.Update(server.params, server.model_state)
     sums = jax.tree.map(
       lambda acc, a, d: acc + weights.astype(a.dtype).reshape(-1, *[1] * a.ndim) * a - d,
       server.sums, anchor, delta_sums,

@@ -144,7 +144,6 @@ class _Programs:
     gen = Generator(config.noise_dim, shape, nnx.Rngs(config.seed))
     self.g_apply, self.g_params, self.g_state = losses.pure(gen)
     discs = [Discriminator(shape, nnx.Rngs(1000 * config.seed + 1 + u)) for u in range(users)]
-    self.sizes = part_sizes(discs[0])
     pures = [losses.pure(d) for d in discs]
     self.d_apply = pures[0][0]
     self.d_params = _stack([p[1] for p in pures])
@@ -253,7 +252,8 @@ def _run(config, rd) -> dict:
       f'config.devices: every user is dropped: no user can host the parts {list(sizes)} '
       f'on devices of capacities {list(config.devices.capacities)}'
     )
-  shards = [user_shards(config, dataset)[u] for u in kept]
+  all_shards = user_shards(config, dataset)
+  shards = [all_shards[u] for u in kept]
   shim = types.SimpleNamespace(teacher_workdir=config.classifier_workdir,
                                teacher=config.classifier, seed=config.seed)  # fmt: skip
   clf_model, clf_params, clf_state, _ = load_or_train_teacher(
@@ -303,7 +303,7 @@ def _run(config, rd) -> dict:
       last = {'d_loss': float(d_loss), 'g_loss': float(g_loss),
               'simulated_s': done * epoch_ms / 1e3, 'wall_s': time.time() - t0}  # fmt: skip
       if done % config.eval_every == 0 or done == config.epochs:
-        last.update(evaluate(state, done))
+        last.update(evaluate(state))
       if done % config.sample_every == 0 or done == config.epochs:
         _sample_grid(rd.path(f'samples_{done:04d}.png'), programs, state, config.seed)
       writer.write(done, last)
@@ -338,7 +338,7 @@ def _epoch_batches(config, x_all, shards, per_user, steps, epoch):
 
 
 def _quality_fn(config, model, params, state, dataset, programs):
-  """epoch -> {'fid', 'coverage'} of `eval_samples` generated images vs as many test ones."""
+  """train state -> {'fid', 'coverage'} of `eval_samples` generated images vs as many test ones."""
   apply = jax.jit(lambda x: model.taps(params, state, x))
   test = as_float(dataset.test['x'][: config.eval_samples])
   test_y = dataset.test['y']
@@ -358,7 +358,7 @@ def _quality_fn(config, model, params, state, dataset, programs):
                         for c in range(classes)])  # fmt: skip
   gen = jax.jit(lambda p, s, z: programs.g_apply(p, s, z)[0])
 
-  def evaluate(train_state, epoch):
+  def evaluate(train_state):
     z = jax.random.normal(jax.random.key(config.seed + 99), (config.eval_samples, config.noise_dim))
     fakes = (np.asarray(gen(train_state['g_params'], train_state['g_state'], z)) + 1.0) / 2.0
     fake_feats, fake_pred = features(fakes)

@@ -21,7 +21,6 @@ class Bottom(nnx.Module):
   """Two conv–ReLU–max-pool stages, flattened."""
 
   def __init__(self, channels: int, features: Sequence[int], padding: str, rngs: nnx.Rngs):
-    self.padding = padding
     self.conv0 = nnx.Conv(channels, features[0], (5, 5), padding=padding, rngs=rngs)
     self.conv1 = nnx.Conv(features[0], features[1], (5, 5), padding=padding, rngs=rngs)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from fedcomp.sweep.spec import Run
 from fedcomp.utils.metric_writers import read_jsonl
+from fedcomp.utils.plot_metrics import mean_std_curve
 
 
 def _read_json(path: str) -> dict | None:
@@ -146,14 +147,12 @@ def _plot_rounds(workdir: str, rows: Sequence[dict], keys: Sequence[str], metric
     curves = [c for c in row['_curves'] if c]
     if not curves:
       continue
-    rounds = sorted(set.intersection(*(set(r for r, _ in c) for c in curves)))
+    rounds, mean, std = mean_std_curve([tuple(zip(*c)) for c in curves])
     if not rounds:
       continue
-    values = np.array([[dict(c)[r] for r in rounds] for c in curves])
-    mean = values.mean(0)
+    mean, std = np.array(mean), np.array(std)
     line = ax.plot(rounds, mean, marker='.', label=_label(row, keys))[0]
     if len(curves) > 1:
-      std = values.std(0, ddof=1)
       ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
   ax.set_xlabel('round')
   ax.set_ylabel(metric)
