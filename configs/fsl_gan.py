@@ -16,7 +16,8 @@ domain FID) and class coverage, every `eval_every` epochs.
 
 Arguments: mode (split | unsplit | central), split (iid | proportions | shards: label
 skew, 2 classes per user), placement (given | random | time | capacity), epochs, data
-(fmnist | digits), runlocal.
+(fmnist | digits), scaled (the README's CPU-sized runs: a 10,000-image subset, 32 real and
+32 fake images per user and step, 12 epochs of 63 steps), runlocal.
 """
 
 import ml_collections
@@ -27,11 +28,12 @@ from configs import common
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, mode='split', split='iid', placement='given', epochs=30,
-                         data='fmnist', runlocal=False)  # fmt: skip
+                         data='fmnist', scaled=False, runlocal=False)  # fmt: skip
   c = ml_collections.ConfigDict()
   c.experiment = 'fsl_gan'
   c.seed = 0
   common.set_image_data(c, 'digits' if arg.runlocal else arg.data, 'digits')
+  c.train_examples = config_dict.placeholder(int)  # a random subset of the train set
   c.mode = arg.mode
   c.users = 5
   # Per user: capacities in parameters and time factors (x this machine's compute time);
@@ -60,6 +62,14 @@ def get_config(arg=None):
     {'model_name': 'cnn', 'model': {}, 'epochs': 2, 'batch_size': 64, 'tx_name': 'adam',
      'tx': {'learning_rate': 1e-3}}
   )  # fmt: skip
+  if arg.scaled:  # the README's CPU-sized runs: 10,000 images, 32 real + 32 fakes per user
+    c.train_examples = 10_000
+    c.real_per_step = 160
+    c.fakes = 32
+    c.epochs = 12
+    c.eval_every = 2
+    c.eval_samples = 1000
+    c.sample_every = 4
   if arg.runlocal:
     c.epochs = 2
     c.fakes = 16

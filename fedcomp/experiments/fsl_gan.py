@@ -2,9 +2,10 @@
 simulated clock (experiment `fsl_gan`).
 
 `run(config, workdir)`:
-1. data scaled to [−1, 1]; the training set split over `users` (`split`: 'iid' equal random
-   shares, 'proportions' the notebook's random shares, or any fedcomp partition by name with
-   `split_kwargs`, e.g. 'shards' for label skew);
+1. data scaled to [−1, 1] (optionally a random subset of `train_examples`); the training
+   set split over `users` (`split`: 'iid' equal random shares, 'proportions' the
+   notebook's random shares, or any fedcomp partition by name with `split_kwargs`, e.g.
+   'shards' for label skew);
 2. placement (`fedcomp.gan.placement`): each user's devices (`devices.capacities`,
    `devices.time_factors`, optionally jittered per user) host the discriminator's parts A→B→C
    greedily in `placement` order; users who cannot host every part are dropped and reported.
@@ -50,8 +51,10 @@ from flax import nnx
 
 from fedcomp import data as fdata
 from fedcomp.core.run_dir import RunDir
+from fedcomp.core.saved_model import MODEL_JSON
 from fedcomp.data.federated import as_float
 from fedcomp.data.partitions import PARTITIONS
+from fedcomp.data.subset import subsample
 from fedcomp.experiments._teacher import load_or_train_teacher
 from fedcomp.gan import clock, losses, quality
 from fedcomp.gan.dcgan import PART_NAMES, Discriminator, Generator, part_sizes
@@ -59,9 +62,9 @@ from fedcomp.gan.placement import ORDERS, Device, Placement, place_users
 from fedcomp.registry import ConfigError, check_known_keys, lookup
 from fedcomp.utils.checkpoint import Checkpointer
 
-KEYS = ('experiment', 'seed', 'data_name', 'data', 'mode', 'users', 'devices', 'placement',
-        'split', 'split_kwargs', 'fakes', 'real_per_step', 'epochs', 'noise_dim',
-        'g_learning_rate', 'd_learning_rate', 'averaging', 'link_ms', 'eval_every',
+KEYS = ('experiment', 'seed', 'data_name', 'data', 'train_examples', 'mode', 'users',
+        'devices', 'placement', 'split', 'split_kwargs', 'fakes', 'real_per_step', 'epochs',
+        'noise_dim', 'g_learning_rate', 'd_learning_rate', 'averaging', 'link_ms', 'eval_every',
         'eval_samples', 'sample_every', 'classifier', 'classifier_workdir')  # fmt: skip
 MODES = ('split', 'unsplit', 'central')
 SPLITS = ('iid', 'proportions')
@@ -201,13 +204,18 @@ class _Programs:
     return state, d_loss.mean(), g_loss.mean()
 
   def part_ms(self, batch: int, shape, repeats: int = 3) -> list[float]:
-    """Each part's forward+backward time (ms) on this machine for `batch` images."""
+    """Each part's training forward+backward time (ms) on this machine for `batch` images."""
     parts = Discriminator(shape, nnx.Rngs(0)).parts
     x = jnp.zeros((batch, *shape), jnp.float32)
+    key = jax.random.key(0)
     out = []
     for part in parts:
       apply, p, s = losses.pure(part)
-      fn = jax.jit(jax.grad(lambda p, x, apply=apply, s=s: apply(p, s, x)[0].sum(), (0, 1)))
+
+      def total(p, x, apply=apply, s=s):
+        return apply(p, s, x, train=True, key=key)[0].sum()
+
+      fn = jax.jit(jax.grad(total, (0, 1)))
       jax.block_until_ready(fn(p, x))
       times = []
       for _ in range(repeats):
@@ -242,6 +250,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run(config, rd) -> dict:
   dataset = fdata.load_source(config.data_name, config.data, config.seed)
+  if config.get('train_examples'):
+    dataset = subsample(dataset, config.train_examples, config.seed)
   shape = tuple(dataset.train['x'].shape[1:])
   sizes = part_sizes(Discriminator(shape, nnx.Rngs(0)))
   where, devices = placements(config, sizes)
@@ -254,7 +264,7 @@ def _run(config, rd) -> dict:
     )
   all_shards = user_shards(config, dataset)
   shards = [all_shards[u] for u in kept]
-  shim = types.SimpleNamespace(teacher_workdir=config.classifier_workdir,
+  shim = types.SimpleNamespace(teacher_workdir=_classifier_source(config.classifier_workdir),
                                teacher=config.classifier, seed=config.seed)  # fmt: skip
   clf_model, clf_params, clf_state, _ = load_or_train_teacher(
     shim, rd, dataset, lambda m: None, name='classifier'
@@ -319,6 +329,14 @@ def _run(config, rd) -> dict:
                  steps_per_epoch=steps, epochs=config.epochs)  # fmt: skip
   rd.write_json('summary.json', summary, indent=2, sort_keys=True)
   return summary
+
+
+def _classifier_source(workdir):
+  """`classifier_workdir` as given, or its `classifier/` when it is another fsl_gan run's."""
+  if workdir is None:
+    return None
+  own = os.path.join(workdir, 'classifier')
+  return own if os.path.exists(os.path.join(own, MODEL_JSON)) else workdir
 
 
 def _epoch_batches(config, x_all, shards, per_user, steps, epoch):

@@ -16,21 +16,30 @@ import jax
 from flax import nnx
 
 from fedcomp.errors import ConfigError
+from fedcomp.models import im2col
 
 PART_NAMES = ('A', 'B', 'C')
 SLOPE = 0.3  # Keras LeakyReLU's default alpha, as the notebook
 
 
 class DiscriminatorPart(nnx.Module):
-  """One conv stage (stride 2, LeakyReLU, dropout); the last also flattens and scores."""
+  """One conv stage (stride 2, LeakyReLU, dropout); the last also flattens and scores.
 
-  def __init__(self, cin: int, cout: int, rngs: nnx.Rngs, *, head_inputs: int = 0):
+  Training passes on CPU run the conv by im2col (`conv_impl`, see fedcomp.models.im2col):
+  XLA:CPU's input gradient of part C's strided conv alone took ~14x its forward, and the
+  whole discriminator's forward+backward ran ~3.5x faster by im2col (same function).
+  """
+
+  def __init__(self, cin: int, cout: int, rngs: nnx.Rngs, *, head_inputs: int = 0,
+               conv_impl: str = 'auto'):  # fmt: skip
     self.conv = nnx.Conv(cin, cout, (5, 5), strides=(2, 2), padding='SAME', rngs=rngs)
     self.dropout = nnx.Dropout(0.3)
     self.head = nnx.Linear(head_inputs, 1, rngs=rngs) if head_inputs else None
+    self.conv_impl = im2col.resolve_conv_impl(conv_impl)
 
   def __call__(self, x: jax.Array, *, train: bool = False, key=None) -> jax.Array:
-    h = jax.nn.leaky_relu(self.conv(x), SLOPE)
+    conv = im2col.apply_conv(self.conv, x, im2col=train and self.conv_impl == 'im2col')
+    h = jax.nn.leaky_relu(conv, SLOPE)
     if train:  # dropout only when training (needs a key); inference graphs have none
       h = self.dropout(h, rngs=key)
     if self.head is None:
@@ -41,14 +50,16 @@ class DiscriminatorPart(nnx.Module):
 class Discriminator(nnx.Module):
   """Parts A, B, C in forward order (`parts`), one real/fake logit per image."""
 
-  def __init__(self, input_shape=(28, 28, 1), rngs: nnx.Rngs | None = None):
+  def __init__(self, input_shape=(28, 28, 1), rngs: nnx.Rngs | None = None,
+               conv_impl: str = 'auto'):  # fmt: skip
     rngs = rngs or nnx.Rngs(0)
     h, w, c = input_shape
     for _ in range(3):
       h, w = -(-h // 2), -(-w // 2)
-    self.A = DiscriminatorPart(c, 64, rngs)
-    self.B = DiscriminatorPart(64, 128, rngs)
-    self.C = DiscriminatorPart(128, 256, rngs, head_inputs=h * w * 256)
+    # Part A (C_in = 1) ran its forward+backward 7x faster by XLA's conv than by im2col.
+    self.A = DiscriminatorPart(c, 64, rngs, conv_impl='xla' if conv_impl == 'auto' else conv_impl)
+    self.B = DiscriminatorPart(64, 128, rngs, conv_impl=conv_impl)
+    self.C = DiscriminatorPart(128, 256, rngs, head_inputs=h * w * 256, conv_impl=conv_impl)
 
   @property
   def parts(self) -> tuple[DiscriminatorPart, ...]:
@@ -65,8 +76,10 @@ class Generator(nnx.Module):
   """Noise (B, noise_dim) → images (B, H, W, C) in [−1, 1] (H, W divisible by 4)."""
 
   def __init__(self, noise_dim: int = 100, output_shape=(28, 28, 1),
-               rngs: nnx.Rngs | None = None):  # fmt: skip
+               rngs: nnx.Rngs | None = None, conv_impl: str = 'auto'):  # fmt: skip
     rngs = rngs or nnx.Rngs(0)
+    # Training passes on CPU run the transposed convs by im2col (fedcomp.models.im2col).
+    self.conv_impl = im2col.resolve_conv_impl(conv_impl)
     h, w, c = (int(d) for d in output_shape)
     if h % 4 or w % 4:
       raise ConfigError(f'the generator makes images of sides divisible by 4, not {h}x{w}')
@@ -86,9 +99,14 @@ class Generator(nnx.Module):
     ura = not train
     h = jax.nn.leaky_relu(self.bn0(self.dense(z), use_running_average=ura), SLOPE)
     h = h.reshape(z.shape[0], *self.base, 256)
-    h = jax.nn.leaky_relu(self.bn1(self.up1(h), use_running_average=ura), SLOPE)
-    h = jax.nn.leaky_relu(self.bn2(self.up2(h), use_running_average=ura), SLOPE)
-    return jax.nn.tanh(self.up3(h))
+    fast = train and self.conv_impl == 'im2col'
+
+    def up(layer, h):
+      return im2col.apply_conv_transpose(layer, h, im2col=fast)
+
+    h = jax.nn.leaky_relu(self.bn1(up(self.up1, h), use_running_average=ura), SLOPE)
+    h = jax.nn.leaky_relu(self.bn2(up(self.up2, h), use_running_average=ura), SLOPE)
+    return jax.nn.tanh(up(self.up3, h))
 
 
 def part_sizes(discriminator: Discriminator) -> tuple[int, ...]:

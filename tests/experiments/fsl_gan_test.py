@@ -80,6 +80,32 @@ def test_deterministic_and_a_stopped_run_resumes_to_the_same_end(trained, tmp_pa
   assert r2['simulated_s'] == pytest.approx(2 * r1['simulated_s'])
 
 
+def test_unsplit_trains_exactly_as_split_and_shares_the_classifier(trained, tmp_path):
+  """Splitting moves parts between devices, not arithmetic: the unsplit baseline's losses
+  and quality equal the split run's; only its clock differs. A classifier_workdir naming
+  another fsl_gan run loads that run's classifier (nothing trained or written here)."""
+  workdir, summary = trained
+  other = str(tmp_path / 'unsplit')
+  got = fsl_gan.run(config(mode='unsplit', epochs=1, classifier_workdir=workdir), other)
+  assert not os.path.exists(os.path.join(other, 'classifier'))
+  assert got['placement'] == [[0, 0, 0]] * 5
+  timing = ('wall_s', 'simulated_s')
+  first = {k: v for k, v in rows(workdir)[0].items() if k not in timing}
+  assert first == {k: v for k, v in rows(other)[0].items() if k not in timing}
+  # one device, no hop: steps × the slowest user's parts on its first device
+  devices = fsl_gan.user_devices(config())
+  slowest = max(sum(got['part_ms']) * d[0].time_factor for d in devices)
+  assert got['simulated_s_per_epoch'] == pytest.approx(got['steps_per_epoch'] * slowest / 1e3)
+
+
+def test_train_examples_trains_on_a_subset(trained, tmp_path):
+  workdir, summary = trained
+  got = fsl_gan.run(config(train_examples=300, epochs=1, classifier_workdir=workdir),
+                    str(tmp_path / 'subset'))  # fmt: skip
+  # 300 examples in steps of <= 256 real rows: 2 steps, against the full run's
+  assert got['steps_per_epoch'] == 2 < summary['steps_per_epoch']
+
+
 def test_parts_are_averaged_across_users_by_hand():
   params = {'A': {'w': jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 8.0]])}}
   out = fsl_gan.average_parts(params, np.array([0.2, 0.3, 0.5]))

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from fedcomp.errors import ConfigError
-from fedcomp.gan import clock
+from fedcomp.gan import clock, losses
 from fedcomp.gan.dcgan import Discriminator, Generator, part_sizes
 from fedcomp.gan.placement import Device, place, place_users
 
@@ -38,6 +38,30 @@ def test_the_split_discriminator_computes_the_unsplit_function():
                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # fmt: skip
   a = a + d.A.conv.bias.value
   np.testing.assert_allclose(d.A(x), np.where(a > 0, a, 0.3 * a), rtol=1e-5, atol=1e-6)
+
+
+def test_training_passes_by_im2col_compute_the_xla_function():
+  """The CPU training path (im2col convs and transposed convs) is the same function, with
+  the same gradients, as the layers' own XLA convolutions."""
+  x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1), minval=-1, maxval=1)
+  z = jax.random.normal(jax.random.key(3), (3, 100))
+  key = jax.random.key(4)
+  for make, inputs in (
+    (Discriminator, x),
+    (lambda s, r, conv_impl: Generator(100, s, r, conv_impl), z),
+  ):
+    pair = [losses.pure(make((28, 28, 1), nnx.Rngs(0), conv_impl=c)) for c in ('xla', 'im2col')]
+    outs, grads = [], []
+    for apply, params, state in pair:
+
+      def total(p, apply=apply, state=state, inputs=inputs):
+        return apply(p, state, inputs, train=True, key=key)[0].sum()
+
+      outs.append(apply(params, state, inputs, train=True, key=key)[0])
+      grads.append(jax.grad(total)(params))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+      np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
 
 
 def test_placement_on_the_notebook_case():

@@ -47,6 +47,29 @@ def test_strides_and_padding_match_lax_conv(shape, strides, padding):
   )
 
 
+@pytest.mark.parametrize(
+  'shape,strides,padding',
+  [
+    ((2, 7, 7, 6, 4, 5), (2, 2), 'SAME'),  # the DCGAN generator's upsampling
+    ((2, 7, 7, 6, 4, 5), (1, 1), 'SAME'),
+    ((1, 5, 6, 3, 2, 3), (2, 3), 'VALID'),
+    ((2, 4, 4, 2, 3, 3), (3, 3), 'SAME'),  # stride > kernel − 1
+    ((1, 5, 5, 2, 2, 3), (2, 2), ((1, 2), (0, 1))),
+  ],
+)
+def test_conv_transpose_matches_lax_conv_transpose(shape, strides, padding):
+  b, h, w, cin, cout, k = shape
+  kx, kk, kb = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (b, h, w, cin))
+  kernel = jax.random.normal(kk, (k, k, cin, cout))
+  bias = jax.random.normal(kb, (cout,))
+  want = jax.lax.conv_transpose(
+    x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+  got = im2col.conv_transpose2d(x, kernel, bias, strides, padding)
+  np.testing.assert_allclose(got, want + bias, rtol=1e-5, atol=1e-5)
+
+
 # resnet (47 s on 2 cores) adds strided and padded convs, which the tests above cover: -m slow.
 @pytest.mark.parametrize('name', ['cnn', pytest.param('resnet', marks=pytest.mark.slow)])
 def test_models_train_the_same_with_either_impl(name):
