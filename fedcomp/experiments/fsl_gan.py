@@ -64,8 +64,9 @@ from fedcomp.utils.checkpoint import Checkpointer
 
 KEYS = ('experiment', 'seed', 'data_name', 'data', 'train_examples', 'mode', 'users',
         'devices', 'placement', 'split', 'split_kwargs', 'fakes', 'real_per_step', 'epochs',
-        'noise_dim', 'g_learning_rate', 'd_learning_rate', 'averaging', 'link_ms', 'eval_every',
-        'eval_samples', 'sample_every', 'classifier', 'classifier_workdir')  # fmt: skip
+        'noise_dim', 'g_learning_rate', 'd_learning_rate', 'adam_b1', 'averaging', 'link_ms',
+        'eval_every', 'eval_samples', 'sample_every', 'classifier',
+        'classifier_workdir')  # fmt: skip
 MODES = ('split', 'unsplit', 'central')
 SPLITS = ('iid', 'proportions')
 AVERAGING = ('uniform', 'examples')
@@ -93,6 +94,8 @@ def validate(config) -> None:
     raise ConfigError('config.devices: time factors must be > 0 and jitter in [0, 1)')
   if not config.g_learning_rate > 0 or not config.d_learning_rate > 0 or config.link_ms < 0:
     raise ConfigError('config: learning rates must be > 0 and link_ms >= 0')
+  if not 0 <= config.get('adam_b1', 0.9) < 1:
+    raise ConfigError(f'config.adam_b1={config.adam_b1!r} must be in [0, 1)')
 
 
 def user_shards(config, dataset) -> list[np.ndarray]:
@@ -151,10 +154,11 @@ class _Programs:
     self.d_apply = pures[0][0]
     self.d_params = _stack([p[1] for p in pures])
     self.d_state = _stack([p[2] for p in pures])
-    self.g_tx = optax.adam(config.g_learning_rate)
+    b1 = config.get('adam_b1', 0.9)
+    self.g_tx = optax.adam(config.g_learning_rate, b1=b1)
     labels = {n: jax.tree.map(lambda _, n=n: n, pures[0][1][n]) for n in PART_NAMES}
     self.d_tx = optax.multi_transform(
-      {n: optax.adam(config.d_learning_rate) for n in PART_NAMES}, labels
+      {n: optax.adam(config.d_learning_rate, b1=b1) for n in PART_NAMES}, labels
     )
     self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
 

@@ -133,6 +133,7 @@ def test_users_that_cannot_host_the_parts_are_dropped_and_unsplit_ignores_capaci
   ('placement', 'fastest', "placement='fastest' is unknown"),
   ('split', 'zipf', "split='zipf' is unknown"),
   ('users', 0, 'users=0 must be a positive integer'),
+  ('adam_b1', 1.0, r'adam_b1=1.0 must be in \[0, 1\)'),
 ])  # fmt: skip
 def test_bad_config_fails_in_one_line(key, value, match, tmp_path):
   with pytest.raises(ConfigError, match=match):
