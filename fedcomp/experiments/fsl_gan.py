@@ -94,7 +94,7 @@ def validate(config) -> None:
     raise ConfigError('config.devices: time factors must be > 0 and jitter in [0, 1)')
   if not config.g_learning_rate > 0 or not config.d_learning_rate > 0 or config.link_ms < 0:
     raise ConfigError('config: learning rates must be > 0 and link_ms >= 0')
-  if not 0 <= config.get('adam_b1', 0.9) < 1:
+  if not 0 <= config.adam_b1 < 1:
     raise ConfigError(f'config.adam_b1={config.adam_b1!r} must be in [0, 1)')
 
 
@@ -154,11 +154,10 @@ class _Programs:
     self.d_apply = pures[0][0]
     self.d_params = _stack([p[1] for p in pures])
     self.d_state = _stack([p[2] for p in pures])
-    b1 = config.get('adam_b1', 0.9)
-    self.g_tx = optax.adam(config.g_learning_rate, b1=b1)
+    self.g_tx = optax.adam(config.g_learning_rate, b1=config.adam_b1)
     labels = {n: jax.tree.map(lambda _, n=n: n, pures[0][1][n]) for n in PART_NAMES}
     self.d_tx = optax.multi_transform(
-      {n: optax.adam(config.d_learning_rate, b1=b1) for n in PART_NAMES}, labels
+      {n: optax.adam(config.d_learning_rate, b1=config.adam_b1) for n in PART_NAMES}, labels
     )
     self.epoch = jax.jit(self._epoch, donate_argnums=(0,))
 
