@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from fedcomp import models
 from fedcomp.errors import ConfigError
@@ -120,3 +121,53 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(conv_impl):
 def test_unknown_compute_dtype_names_the_key():
   with pytest.raises(ConfigError, match=r"config.model.compute_dtype='float16' is unknown"):
     models.build_model('cnn', {'compute_dtype': 'float16'}, (28, 28, 1), 10, seed=0)
+
+
+@pytest.mark.parametrize(
+  'shape,strides,padding',
+  [
+    ((3, 12, 10, 5, 7, 3), (1, 1), 'VALID'),  # the EMNIST CNN's convs
+    ((2, 8, 8, 3, 4, 3), (2, 2), 'SAME'),
+    ((2, 6, 6, 1, 3, 3), (1, 2), ((1, 0), (2, 1))),
+  ],
+)
+def test_channels_first_conv_and_its_gradients_match_lax_conv(shape, strides, padding):
+  b, h, w, cin, cout, k = shape
+  kx, kk, kb, kg = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(kx, (b, h, w, cin))
+  kernel = jax.random.normal(kk, (k, k, cin, cout))
+  bias = jax.random.normal(kb, (cout,))
+
+  def want(x, kernel, bias):
+    dn = ('NHWC', 'HWIO', 'NHWC')
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn) + bias
+
+  def got(x, kernel, bias):
+    out = im2col.conv2d_channels_first(x.transpose(3, 0, 1, 2), kernel, bias, strides, padding)
+    return out.transpose(1, 2, 3, 0)
+
+  y = want(x, kernel, bias)
+  np.testing.assert_allclose(got(x, kernel, bias), y, rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(kg, y.shape)
+  grads_want = jax.vjp(want, x, kernel, bias)[1](g)
+  grads_got = jax.vjp(got, x, kernel, bias)[1](g)
+  for a, b in zip(grads_got, grads_want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,window', [((3, 2, 8, 6), 2), ((2, 1, 7, 9), 3), ((4, 2, 5, 5), 2)])
+def test_channels_first_max_pool_matches_nnx_max_pool_with_ties(shape, window):
+  """Values and gradients bit for bit, ties (to the first maximum) and ragged edges included."""
+  # Few distinct values, many of them positive: most windows hold tied maxima.
+  x = jax.random.randint(jax.random.key(0), shape, -1, 3).astype(np.float32)
+  g = jax.random.normal(jax.random.key(1), (*shape[:2], shape[2] // window, shape[3] // window))
+
+  def want(x):  # nnx.max_pool pools (B, H, W, C); ours (C, B, H, W)
+    y = nnx.max_pool(x.transpose(1, 2, 3, 0), (window, window), strides=(window, window))
+    return y.transpose(3, 0, 1, 2)
+
+  y, vjp = jax.vjp(want, x)
+  y_got, vjp_got = jax.vjp(lambda x: im2col.max_pool_channels_first(x, window), x)
+  np.testing.assert_array_equal(y_got, y)
+  np.testing.assert_array_equal(vjp_got(g)[0], vjp(g)[0])
+  assert int((vjp(g)[0] != 0).sum()) == g.size  # one winner per window: ties were there
