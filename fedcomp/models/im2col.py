@@ -216,27 +216,6 @@ def patches_channels_first(x: jax.Array, kh: int, kw: int, strides=(1, 1), pads=
   return jnp.concatenate(rows, axis=0).reshape(kh * kw * c, b * h * w), (b, h, w)
 
 
-@jax.custom_vjp
-def _kernel_times_patches(kernel_t: jax.Array, patches: jax.Array) -> jax.Array:
-  return kernel_t @ patches
-
-
-def _ktp_fwd(kernel_t, patches):
-  return kernel_t @ patches, (kernel_t, patches)
-
-
-def _ktp_bwd(res, g):
-  # Both products contract the long pixel axis or the short kernel axis, never a
-  # transposed operand's leading axis: the layouts XLA:CPU's dot kernels run fastest.
-  kernel_t, patches = res
-  d_kernel_t = jax.lax.dot_general(g, patches, (((1,), (1,)), ((), ())))
-  d_patches = jax.lax.dot_general(kernel_t, g, (((0,), (0,)), ((), ())))
-  return d_kernel_t, d_patches
-
-
-_kernel_times_patches.defvjp(_ktp_fwd, _ktp_bwd)
-
-
 def conv2d_channels_first(
   x: jax.Array,
   kernel: jax.Array,
@@ -264,19 +243,21 @@ def conv2d_channels_first(
   else:
     pads = tuple(_padding(p, 0, 0, 1) for p in padding)
   patches, (b, h, w) = patches_channels_first(x, kh, kw, strides, pads)
-  out = _kernel_times_patches(kernel.reshape(kh * kw * cin, cout).T, patches)
+  out = kernel.reshape(kh * kw * cin, cout).T @ patches
   if bias is not None:
     out = out + bias[:, None]
   return out.reshape(cout, b, h, w)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def max_pool_channels_first(x: jax.Array, window: int) -> jax.Array:
   """Non-overlapping window x window max-pool ('VALID') over the last two axes.
 
-  Equal to nnx.max_pool(window, strides=window) in value and gradient: the gradient goes to
-  the first maximum of each window in row-major order, as XLA's select-and-scatter (with
-  the `>=` select JAX uses) gives it, ties included.
+  Equal to nnx.max_pool(window, strides=window) in value and gradient: the derivative
+  follows the first maximum of each window in row-major order, as XLA's select-and-scatter
+  (with the `>=` select JAX uses) routes the gradient, ties included. A custom JVP (linear
+  in the tangent, so JAX transposes it for the VJP) keeps forward mode working (FishLeg's
+  Fisher-vector products).
 
   Args:
     x: (..., H, W).
@@ -294,26 +275,26 @@ def _windows(x, k):
   return x.reshape(*lead, h // k, k, w // k, k)
 
 
-def _mp_fwd(x, window):
-  y = max_pool_channels_first(x, window)
-  return y, (x, y)
-
-
-def _mp_bwd(window, res, g):
-  x, y = res
-  xw = _windows(x, window)
+def _first_max(xw, y, k):
+  """(..., H/k, k, W/k, k) bool: the first maximum of each window, in row-major order."""
   taken = jnp.zeros(y.shape, bool)
   rows = []
-  for i in range(window):
+  for i in range(k):
     cols = []
-    for j in range(window):
+    for j in range(k):
       first = (xw[..., :, i, :, j] == y) & ~taken
       taken = taken | first
-      cols.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+      cols.append(first)
     rows.append(jnp.stack(cols, axis=-1))
-  *lead, h, w = x.shape
-  dx = jnp.stack(rows, axis=-3).reshape(*lead, h - h % window, w - w % window)
-  return (jnp.pad(dx, [(0, 0)] * len(lead) + [(0, h % window), (0, w % window)]),)
+  return jnp.stack(rows, axis=-3)
 
 
-max_pool_channels_first.defvjp(_mp_fwd, _mp_bwd)
+@max_pool_channels_first.defjvp
+def _max_pool_jvp(window, primals, tangents):
+  (x,), (t,) = primals, tangents
+  xw = _windows(x, window)
+  y = xw.max(axis=(-3, -1))
+  first = _first_max(xw, y, window)
+  # One selected tangent per window plus exact zeros: the same value in any summation order.
+  dy = jnp.where(first, _windows(t, window), jnp.zeros((), t.dtype)).sum(axis=(-3, -1))
+  return y, dy
