@@ -24,24 +24,27 @@ DEFAULT_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',) + (
 )
 
 
-# One XLA:CPU device per core (the largest power of two not above the usable cores: the
-# canonical reduction needs a power-of-two device count). A round's clients then run on
-# both cores of this 2-core machine at once, and results are bit-identical to one device
-# (fedcomp.core.client_map). Measured (2026-12-04, examples/s): emnist_cnn 1 device
-# 1,100-1,121, 2 devices 1,184-1,346; small_mlp 36-43k vs 47-66k.
+# Two XLA:CPU host devices per core, as a power of two and at most 8 (the canonical
+# reduction's default width: device counts that divide it give bit-identical results, see
+# fedcomp.core.client_map). A round's clients then run on every core at once, and a second
+# device per core fills the gaps between one device's small ops. Measured on this 2-core
+# machine (2026-12-04, examples/s, runs alternated): small_mlp 1 device 54-55k, 2 devices
+# 53-62k, 4 devices 62-78k, 8 devices 71k; emnist_cnn 1 device 1,217-1,253, 2 devices
+# 1,343-1,428, 4 devices 1,333.
 HOST_DEVICES = '--xla_force_host_platform_device_count'
+MAX_HOST_DEVICES = 8
 
 
 def host_device_count(cores: int | None = None) -> int:
-  """The largest power of two <= the usable cores (at least 1)."""
+  """The largest power of two <= 2 x the usable cores, at most MAX_HOST_DEVICES."""
   if cores is None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return 1 << (max(int(cores or 1), 1).bit_length() - 1)
+  return min(1 << (2 * max(int(cores or 1), 1)).bit_length() - 1, MAX_HOST_DEVICES)
 
 
 def set_default_xla_flags(environ=os.environ, cores: int | None = None) -> str:
-  """Adds DEFAULT_FLAGS and one host device per core to XLA_FLAGS unless the user set
-  them; returns XLA_FLAGS.
+  """Adds DEFAULT_FLAGS and the host device count (host_device_count) to XLA_FLAGS
+  unless the user set them; returns XLA_FLAGS.
 
   Call before the first JAX operation (the backend reads XLA_FLAGS once).
 

@@ -11,8 +11,8 @@ def test_adds_defaults_and_keeps_user_flags():
   assert set_default_xla_flags(env) == flags  # idempotent
 
 
-def test_one_host_device_per_core_as_a_power_of_two():
-  for cores, want in ((1, 1), (2, 2), (3, 2), (6, 4), (8, 8), (12, 8)):
+def test_two_host_devices_per_core_as_a_power_of_two_up_to_eight():
+  for cores, want in ((1, 2), (2, 4), (3, 4), (4, 8), (6, 8), (64, 8)):
     flags = set_default_xla_flags({}, cores=cores).split()
     assert f'--xla_force_host_platform_device_count={want}' in flags, (cores, flags)
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}  # the user's count stays
