@@ -49,6 +49,14 @@ def _padding(padding, size: int, k: int, stride: int) -> tuple[int, int]:
   return int(low), int(high)
 
 
+def _spatial_pads(padding, height: int, width: int, kernel_hw, strides):
+  """((top, bottom), (left, right)) of a 2-D conv's 'VALID'/'SAME'/explicit padding."""
+  (kh, kw), (sh, sw) = kernel_hw, strides
+  if isinstance(padding, str):
+    return _padding(padding, height, kh, sh), _padding(padding, width, kw, sw)
+  return tuple(_padding(p, 0, 0, 1) for p in padding)
+
+
 def conv2d(
   x: jax.Array,
   kernel: jax.Array,
@@ -71,10 +79,7 @@ def conv2d(
   """
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
-  if isinstance(padding, str):
-    pads = (_padding(padding, x.shape[1], kh, sh), _padding(padding, x.shape[2], kw, sw))
-  else:
-    pads = tuple(_padding(p, 0, 0, 1) for p in padding)
+  pads = _spatial_pads(padding, x.shape[1], x.shape[2], (kh, kw), strides)
   if any(p for pair in pads for p in pair):
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   h = (x.shape[1] - kh) // sh + 1
@@ -237,11 +242,7 @@ def conv2d_channels_first(
     rounding.
   """
   kh, kw, cin, cout = kernel.shape
-  sh, sw = strides
-  if isinstance(padding, str):
-    pads = (_padding(padding, x.shape[2], kh, sh), _padding(padding, x.shape[3], kw, sw))
-  else:
-    pads = tuple(_padding(p, 0, 0, 1) for p in padding)
+  pads = _spatial_pads(padding, x.shape[2], x.shape[3], (kh, kw), strides)
   patches, (b, h, w) = patches_channels_first(x, kh, kw, strides, pads)
   out = kernel.reshape(kh * kw * cin, cout).T @ patches
   if bias is not None:
