@@ -94,12 +94,10 @@ class Model(nnx.Module):
   def _convs_and_pool_channels_first(self, x: jax.Array) -> jax.Array:
     """The convs and the pool by im2col in (C, B, H, W) layout (fedcomp.models.im2col);
     returns the pooled NHWC activations, the same function as the XLA path."""
-    h = jnp.transpose(x.astype(self.compute_dtype), (3, 0, 1, 2))
+    h = jnp.transpose(x, (3, 0, 1, 2))
     for i in range(self.num_convs):
-      conv = getattr(self, f'conv{i}')
-      bias = conv.bias[...] if conv.bias is not None else None
-      kernel = conv.kernel[...].astype(self.compute_dtype)
-      h = jax.nn.relu(im2col.conv2d_channels_first(h.astype(self.compute_dtype), kernel, bias))
+      args = im2col.conv_arguments(getattr(self, f'conv{i}'), self.compute_dtype)
+      h = jax.nn.relu(im2col.conv2d_channels_first(h.astype(self.compute_dtype), *args))
     h = im2col.max_pool_channels_first(h, 2)
     return jnp.transpose(h, (1, 2, 3, 0))
 

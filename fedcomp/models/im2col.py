@@ -57,6 +57,21 @@ def _spatial_pads(padding, height: int, width: int, kernel_hw, strides):
   return tuple(_padding(p, 0, 0, 1) for p in padding)
 
 
+def _shifted_views(x: jax.Array, kh: int, kw: int, strides, h_axis: int):
+  """The kh * kw strided views of x, in (i, j) order, whose spatial axes are h_axis and
+  h_axis + 1 (already padded); returns (views, (H_out, W_out))."""
+  sh, sw = strides
+  h = (x.shape[h_axis] - kh) // sh + 1
+  w = (x.shape[h_axis + 1] - kw) // sw + 1
+  lead = (slice(None),) * h_axis
+  views = [
+    x[(*lead, slice(i, i + (h - 1) * sh + 1, sh), slice(j, j + (w - 1) * sw + 1, sw))]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  return views, (h, w)
+
+
 def conv2d(
   x: jax.Array,
   kernel: jax.Array,
@@ -78,21 +93,11 @@ def conv2d(
     rounding.
   """
   kh, kw, cin, cout = kernel.shape
-  sh, sw = strides
   pads = _spatial_pads(padding, x.shape[1], x.shape[2], (kh, kw), strides)
   if any(p for pair in pads for p in pair):
     x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  h = (x.shape[1] - kh) // sh + 1
-  w = (x.shape[2] - kw) // sw + 1
   # Patch channel order (i, j, c) matches kernel.reshape(kh * kw * cin, cout).
-  patches = jnp.concatenate(
-    [
-      x[:, i : i + (h - 1) * sh + 1 : sh, j : j + (w - 1) * sw + 1 : sw, :]
-      for i in range(kh)
-      for j in range(kw)
-    ],
-    axis=-1,
-  )
+  patches = jnp.concatenate(_shifted_views(x, kh, kw, strides, 1)[0], axis=-1)
   out = patches @ kernel.reshape(kh * kw * cin, cout)
   return out if bias is None else out + bias
 
@@ -173,17 +178,31 @@ def apply_conv(conv: nnx.Conv, x: jax.Array, *, im2col: bool, dtype=None) -> jax
   """
   if not im2col:
     return conv(x)
-  kernel = conv.kernel[...]
-  bias = conv.bias[...] if conv.bias is not None else None
   if dtype is not None:
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-  strides = _strides(conv)
+    x = x.astype(dtype)
+  return conv2d(x, *conv_arguments(conv, dtype))
+
+
+def conv_arguments(conv: nnx.Conv, dtype=None):
+  """(kernel, bias, strides, padding) of an nnx.Conv for conv2d / conv2d_channels_first.
+
+  Args:
+    conv: the layer (2-D, no dilation, no feature groups).
+    dtype: the kernel's compute dtype (None: as stored); the bias stays as stored.
+
+  Returns:
+    The kernel (HWIO), the bias or None, (sh, sw), and 'SAME'/'VALID' or explicit pairs.
+  """
+  kernel = conv.kernel[...]
+  if dtype is not None:
+    kernel = kernel.astype(dtype)
+  bias = conv.bias[...] if conv.bias is not None else None
   padding = conv.padding
   if isinstance(padding, int):
     padding = ((padding, padding),) * 2
   elif not isinstance(padding, str):
     padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-  return conv2d(x, kernel, bias, strides, padding)
+  return kernel, bias, _strides(conv), padding
 
 
 # Channel-major (C, B, H, W) training path. On XLA:CPU (jax 0.10.2) the matmuls of an
@@ -210,15 +229,9 @@ def patches_channels_first(x: jax.Array, kh: int, kw: int, strides=(1, 1), pads=
   """
   if pads is not None and any(p for pair in pads for p in pair):
     x = jnp.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
-  c, b, hin, win = x.shape
-  sh, sw = strides
-  h, w = (hin - kh) // sh + 1, (win - kw) // sw + 1
-  rows = [
-    x[:, :, i : i + (h - 1) * sh + 1 : sh, j : j + (w - 1) * sw + 1 : sw]
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  return jnp.concatenate(rows, axis=0).reshape(kh * kw * c, b * h * w), (b, h, w)
+  c, b = x.shape[:2]
+  views, (h, w) = _shifted_views(x, kh, kw, strides, 2)
+  return jnp.concatenate(views, axis=0).reshape(kh * kw * c, b * h * w), (b, h, w)
 
 
 def conv2d_channels_first(
